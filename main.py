@@ -1,0 +1,39 @@
+"""Entry point: `python main.py --config=configs/eurosat.py[:arg] --workdir=DIR`.
+
+Override any config field with `--config.x=...`; an unknown field is an error. Running the
+same command again resumes from the newest checkpoint in the workdir.
+Multi-host: pass --jax_distributed (TPU pods and SLURM/Open MPI clusters are detected by
+jax.distributed.initialize), or --coordinator_address/--num_processes/--process_id.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
+_DIST = flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize().')
+_COORD = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
+_NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PID = flags.DEFINE_integer('process_id', None, 'This process index.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  import jax  # Imported after flag parsing so that distributed init comes first.
+  if _DIST.value or _COORD.value:
+    jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
+                               process_id=_PID.value)
+  from stssl_jax import train
+  logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print('Final evaluation (EMA weights, eval split):')
+    for k in sorted(result):
+      print(f'  {k}: {result[k]}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,62 @@
+"""FixMatch (METHOD 4-5): hard pseudo-labels from the weak view, fixed confidence mask.
+
+The base-algorithm protocol every module here follows (STYLE habit 2):
+  State                                  NamedTuple of running statistics.
+  init_state(config, num_classes)        -> State.
+  make_targets(state, weak_logits, config, step)
+                                         -> (State, Targets, metrics); from detached logits.
+  loss_terms(lb_logits, labels, strong_logits, targets, state, config, step)
+                                         -> (scalar loss, {name: scalar}).
+The STSSL wrapper (algorithms/stssl.py) calls these once for the teacher's statistics and
+twice for the losses (teacher and student logits), so nothing is written twice.
+"""
+
+from typing import NamedTuple
+
+import jax
+
+from stssl_jax.algorithms import common
+
+
+class State(NamedTuple):
+  """FixMatch keeps no running statistics."""
+
+
+class Targets(NamedTuple):
+  """Pseudo-labels and their per-row (or per-entry) weights.
+
+  label: int32 [B_u] (single-label) or multi-hot [B_u, C].
+  weight: mask [B_u] or [B_u, C] (1 keeps the entry in the consistency loss).
+  """
+  label: jax.Array
+  weight: jax.Array
+
+
+def threshold_of(config):
+  """Scalar tau, or a (neg, pos) pair for multi-label configs."""
+  t = config.threshold
+  return tuple(t) if isinstance(t, (tuple, list)) else float(t)
+
+
+def init_state(config, num_classes) -> State:
+  del config, num_classes
+  return State()
+
+
+def make_targets(state, weak_logits, config, step):
+  """Hard pseudo-labels and the fixed-threshold mask from weak-view logits [B_u, C]."""
+  del step
+  weak_logits = jax.lax.stop_gradient(weak_logits)
+  p = common.probs(weak_logits, config.multilabel)
+  targets = Targets(
+      label=common.hard_labels(weak_logits, config.multilabel),
+      weight=common.fixed_mask(p, threshold_of(config), config.multilabel))
+  return state, targets, {'mask_ratio': targets.weight.mean()}
+
+
+def loss_terms(lb_logits, labels, strong_logits, targets, state, config, step):
+  """`L_sup(z_l, y) + lambda_u * L_u(z_s, yhat, M)`; returns (loss, {sup, unsup})."""
+  del state, step
+  sup = common.sup_loss(lb_logits, labels, config.multilabel)
+  unsup = common.consistency_loss(strong_logits, targets.label, targets.weight, config.multilabel)
+  return sup + config.lambda_u * unsup, {'sup_loss': sup, 'unsup_loss': unsup}

@@ -1,0 +1,23 @@
+"""Supervised baseline (METHOD 7.7): labeled data only; same protocol as fixmatch.py."""
+
+from typing import NamedTuple
+
+from stssl_jax.algorithms import common
+
+USES_UNLABELED = False
+
+
+class State(NamedTuple):
+  """No running statistics."""
+
+
+def init_state(config, num_classes) -> State:
+  del config, num_classes
+  return State()
+
+
+def loss_terms(lb_logits, labels, strong_logits, targets, state, config, step):
+  """Mean CE (or BCE) on the labeled batch; strong logits and targets are unused."""
+  del strong_logits, targets, state, step
+  sup = common.sup_loss(lb_logits, labels, config.multilabel)
+  return sup, {'sup_loss': sup}

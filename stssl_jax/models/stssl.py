@@ -1,0 +1,208 @@
+"""STSSL teacher/student models and the plain ViT baseline (METHOD 2.3-2.6).
+
+Every model returns `(logits [B, C], feats)` with named features:
+
+- `PlainViT`: a ViT with a head on the cls token; feats {'cls'}.
+- `STSSLModel`: ONE param tree holding both networks, so EMA, weight decay, sharding and
+  checkpoints treat it as a single pytree (big_vision's distill keeps teacher and student the
+  same way):
+
+    {'teacher': {'backbone', 'meta_encoder', 'meta_token' [1, 1, D], 'head'},
+     'student': {'backbone', 'placeholder' [1, 1, D] (only with distillation), 'head'}}
+
+  `STSSLModel.teacher(x, meta)` sees image + metadata token t_m = E(m) + p_T (appended last,
+  after the position embedding); `STSSLModel.student(x)` sees the image only, plus the learned
+  placeholder p_S when distillation is on. Either method can be applied alone with the full
+  tree: `model.apply({'params': p}, x, m, train=True, method=STSSLModel.teacher,
+  rngs={'dropout': key})`.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stssl_jax import metadata
+from stssl_jax.models import vit
+
+Dtype = Any
+Feats = dict[str, jax.Array]
+
+# p_T and p_S: plain (not truncated) N(0, 0.02^2), METHOD 2.3 / 2.5.
+_token_init = nn.initializers.normal(0.02)
+
+
+def _encoder(variant: str, drop_path: float, dtype: Optional[Dtype]) -> vit.ViTEncoder:
+  return vit.ViTEncoder(**vit.get_variant(variant), drop_path=drop_path, dtype=dtype,
+                        name='backbone')
+
+
+def _head(num_classes: int, width: int, dtype: Optional[Dtype]) -> nn.Dense:
+  return vit.torch_dense(num_classes, width, dtype, 'head')
+
+
+class PlainViT(nn.Module):
+  """Single ViT with a linear head on cls (supervised / plain SSL baselines, METHOD 2.6).
+
+  Attributes:
+    variant: name in `vit.VARIANTS`.
+    num_classes: C.
+    drop_path: maximum stochastic-depth rate.
+    dtype: compute dtype (None: follow inputs and params).
+  """
+  variant: str
+  num_classes: int
+  drop_path: float = 0.0
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False,
+               return_tokens: bool = False) -> tuple[jax.Array, Feats]:
+    """Args: x [B, H, W, C] images; train enables drop-path; return_tokens adds feats['tokens'].
+
+    Returns:
+      logits [B, num_classes], feats {'cls': [B, D]} (+ 'tokens' [B, N+1, D]).
+    """
+    z = _encoder(self.variant, self.drop_path, self.dtype)(x, train=train)
+    feats = {'cls': z[:, 0]}
+    if return_tokens:
+      feats['tokens'] = z
+    return _head(self.num_classes, z.shape[-1], self.dtype)(z[:, 0]), feats
+
+
+class TeacherBranch(nn.Module):
+  """Metadata-aware teacher f_T(x, m) (METHOD 2.3). Attributes as in `STSSLModel`."""
+  variant: str
+  num_classes: int
+  drop_path: float = 0.0
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, meta: jax.Array, train: bool = False,
+               return_tokens: bool = False) -> tuple[jax.Array, Feats]:
+    width = vit.get_variant(self.variant)['width']
+    embed = metadata.MetadataEncoder(width, self.dtype, name='meta_encoder')(meta)  # [B, D]
+    p_t = self.param('meta_token', _token_init, (1, 1, width))
+    token = embed[:, None, :] + jnp.asarray(p_t, embed.dtype)
+    z = _encoder(self.variant, self.drop_path, self.dtype)(x, token, train=train)
+    feats = {'cls': z[:, 0], 'meta': z[:, -1], 'meta_embed': embed}
+    if return_tokens:
+      feats['tokens'] = z
+    return _head(self.num_classes, width, self.dtype)(z[:, 0]), feats
+
+
+class StudentBranch(nn.Module):
+  """Image-only student f_S(x), with the placeholder token p_S iff `placeholder` (METHOD 2.4)."""
+  variant: str
+  num_classes: int
+  drop_path: float = 0.0
+  placeholder: bool = True
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False,
+               return_tokens: bool = False) -> tuple[jax.Array, Feats]:
+    width = vit.get_variant(self.variant)['width']
+    token = None
+    if self.placeholder:
+      p_s = self.param('placeholder', _token_init, (1, 1, width))
+      token = jnp.broadcast_to(p_s, (x.shape[0], 1, width))
+    z = _encoder(self.variant, self.drop_path, self.dtype)(x, token, train=train)
+    # Without the placeholder the last token is the last patch token (the original's Q3);
+    # it only feeds a zero distillation loss then.
+    feats = {'cls': z[:, 0], 'meta': z[:, -1]}
+    if return_tokens:
+      feats['tokens'] = z
+    return _head(self.num_classes, width, self.dtype)(z[:, 0]), feats
+
+
+class STSSLModel(nn.Module):
+  """Teacher and student in one module and one param tree.
+
+  Attributes:
+    variant: name in `vit.VARIANTS` (both backbones).
+    num_classes: C.
+    drop_path: maximum stochastic-depth rate (both backbones).
+    placeholder: whether the student appends the learned placeholder token p_S (distillation on).
+    dtype: compute dtype (None: follow inputs and params).
+  """
+  variant: str
+  num_classes: int
+  drop_path: float = 0.0
+  placeholder: bool = True
+  dtype: Optional[Dtype] = None
+
+  def setup(self):
+    # Explicit names give the tree keys 'teacher'/'student' without clashing with the methods.
+    self.teacher_branch = TeacherBranch(self.variant, self.num_classes, self.drop_path,
+                                        self.dtype, name='teacher')
+    self.student_branch = StudentBranch(self.variant, self.num_classes, self.drop_path,
+                                        self.placeholder, self.dtype, name='student')
+
+  def teacher(self, x: jax.Array, meta: jax.Array, train: bool = False,
+              return_tokens: bool = False) -> tuple[jax.Array, Feats]:
+    """Teacher forward.
+
+    Args:
+      x: [B, H, W, C] images.
+      meta: [B, 4] encoded metadata (`metadata.encode`).
+      train: enables drop-path (needs the 'dropout' rng when drop_path > 0).
+      return_tokens: also return feats['tokens'] (diagnostics / parity tests).
+
+    Returns:
+      logits [B, C]; feats {'cls': [B, D], 'meta': [B, D] final-LN output of the metadata
+      token, 'meta_embed': [B, D] encoder output E(m)} (+ 'tokens' [B, N+2, D]).
+    """
+    return self.teacher_branch(x, meta, train, return_tokens)
+
+  def student(self, x: jax.Array, train: bool = False,
+              return_tokens: bool = False) -> tuple[jax.Array, Feats]:
+    """Student forward.
+
+    Args:
+      x: [B, H, W, C] images.
+      train: enables drop-path (needs the 'dropout' rng when drop_path > 0).
+      return_tokens: also return feats['tokens'] (diagnostics / parity tests).
+
+    Returns:
+      logits [B, C]; feats {'cls': [B, D], 'meta': [B, D] last token (the placeholder's output
+      when present)} (+ 'tokens' [B, L, D]).
+    """
+    return self.student_branch(x, train, return_tokens)
+
+  def __call__(self, x: jax.Array, meta: jax.Array, train: bool = False):
+    """Runs both branches (used by `init`). Returns ((t_logits, t_feats), (s_logits, s_feats))."""
+    return self.teacher(x, meta, train), self.student(x, train)
+
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
+           'float64': jnp.float64}
+
+
+def build_model(config) -> nn.Module:
+  """Builds the model for `config.algorithm`.
+
+  `supervised` / `fixmatch` (and any other non-`stssl_` algorithm) give a `PlainViT`; `stssl_*`
+  give an `STSSLModel` whose student has the placeholder iff `config.distill != 'none'` and
+  `config.lambda_d > 0` (METHOD 2.4).
+
+  Args:
+    config: ConfigDict with model.variant, model.num_classes, model.drop_path, dtype,
+      algorithm, distill, lambda_d.
+
+  Returns:
+    An unbound flax module.
+
+  Raises:
+    NotImplementedError: for `st_supervised` (METHOD 2.6), not built yet.
+  """
+  if config.algorithm == 'st_supervised':
+    raise NotImplementedError('st_supervised (teacher branch only) is not built yet')
+  dtype = _DTYPES[config.dtype] if isinstance(config.dtype, str) else config.dtype
+  kwargs = dict(variant=config.model.variant, num_classes=config.model.num_classes,
+                drop_path=config.model.drop_path, dtype=dtype)
+  if config.algorithm.startswith('stssl_'):
+    placeholder = config.distill != 'none' and config.lambda_d > 0
+    return STSSLModel(placeholder=placeholder, **kwargs)
+  return PlainViT(**kwargs)

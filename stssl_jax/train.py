@@ -1,0 +1,200 @@
+"""train_and_evaluate: build, resume, loop, evaluate, checkpoint. Reads top to bottom.
+
+Resume order (written out once, here): an existing checkpoint in the workdir, else
+`config.model.init_from`, else a fresh initialisation.
+"""
+
+import json
+import math
+import os
+import time
+
+from absl import logging
+from clu import metric_writers, periodic_actions
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from stssl_jax import algorithms, checkpoint, metrics as metrics_lib, optim, steps
+from stssl_jax.data import pipeline
+from stssl_jax.models import stssl as models
+from stssl_jax.train_state import TrainState
+
+
+def make_mesh(devices=None) -> Mesh:
+  """1-D ('data',) mesh over every device of every process (STYLE habit 5)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
+
+
+def _global_batch(local: dict, sharding) -> dict:
+  """Assembles per-process numpy batches into one global array per key."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}
+
+
+def _check_config(config, info, n_dev):
+  if config.model.num_classes != info['num_classes']:
+    raise ValueError(f'config.model.num_classes={config.model.num_classes} but dataset '
+                     f'{config.data.name!r} has {info["num_classes"]} classes')
+  b_u = config.batch_size * config.uratio
+  for name, size in (('batch_size', config.batch_size), ('batch_size * uratio', b_u),
+                     ('eval_batch_size', config.eval_batch_size)):
+    if size % n_dev:
+      raise ValueError(f'config.{name}={size} must be divisible by the {n_dev} devices')
+  if config.pseudo_label_source not in ('online', 'ema'):
+    raise ValueError(f'config.pseudo_label_source must be online or ema, got '
+                     f'{config.pseudo_label_source!r}')
+
+
+def create_state(config, model, algo, rng, mesh):
+  """Initial TrainState, replicated over the mesh, and the optimizer/schedule."""
+  s = config.data.image_size
+  x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
+  m = jnp.zeros((1, 4), jnp.float32)
+  init_rng, state_rng = jax.random.split(rng)
+  args = (x, m) if algo.stssl else (x,)
+  repl = NamedSharding(mesh, P())
+  params = jax.jit(lambda k: model.init(k, *args, train=False)['params'],
+                   out_shardings=repl)(init_rng)
+  tx, schedule = optim.make_optimizer(config, params, algo.stssl)
+  algo_state = algo.base.init_state(config, config.model.num_classes)
+
+  def build(params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                      opt_state=tx.init(params), algo_state=algo_state, rng=state_rng)
+  state = jax.jit(build, out_shardings=repl)(params)
+  return state, tx, schedule
+
+
+def evaluate(params, eval_fn, config, split, branch, sharding):
+  """Metrics of `params` on a whole split (padded batches, nothing dropped)."""
+  acc = None
+  for batch in pipeline.eval_batches(config, split):
+    out = eval_fn(params, _global_batch(batch, sharding), branch)
+    acc = out if acc is None else jax.tree_util.tree_map(jnp.add, acc, out)
+  acc = jax.device_get(acc)
+  return metrics_lib.summarize(acc['confusion'], acc['loss_sum'], acc['count'])
+
+
+def _scalars(prefix, summary):
+  return {f'{prefix}/{k}': float(v) for k, v in summary.items() if np.ndim(v) == 0}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+  Returns:
+    dict with the final evaluation metrics ('student/top1', 'teacher/top1', ...), the best
+    metric and its step.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  algo = algorithms.get(config.algorithm)
+  info = pipeline.dataset_info(config)
+  _check_config(config, info, mesh.size)
+  model = models.build_model(config)
+  state, tx, schedule = create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh)
+  train_iter = pipeline.train_iterator(config)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  progress = {'best_metric': -math.inf, 'best_step': 0, 'stopped_early': False}
+
+  if ckpt.latest_step() is not None:
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    state, progress = ckpt.restore(checkpoint.abstract_like(state, shardings), train_iter)
+    logging.info('Resumed from %s at step %d', workdir, int(state.step))
+  elif config.model.init_from:
+    raise NotImplementedError('config.model.init_from: pretrained loading is not wired yet')
+
+  step_fn = steps.make_train_step(model=model, algo=algo, config=config, tx=tx)
+  state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  train_step = jax.jit(step_fn, in_shardings=(state_sh, data_sh),
+                       out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+  def eval_impl(params, batch, branch):
+    return steps.eval_step(params, batch, model=model, config=config, branch=branch)
+  eval_fn = jax.jit(eval_impl, static_argnums=(2,), out_shardings=repl)
+  image_branch = 'student' if algo.stssl else 'plain'
+
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  if is_main and int(state.step) == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
+
+  start = int(state.step)
+  step, pending, t_log, final = start, [], time.time(), {}
+  for step in range(start, config.num_steps):
+    if progress['stopped_early']:
+      break
+    batch = _global_batch(next(train_iter), data_sh)
+    state, m = train_step(state, batch)
+    pending.append(m)
+    done = step + 1
+    report(done)
+
+    if done % config.log_every == 0 or done == config.num_steps:
+      # The only host sync of the loop outside evaluation: average the pending metrics.
+      avg = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
+      pending = []
+      if not np.isfinite(avg['loss']):
+        raise FloatingPointError(f'loss is {avg["loss"]} at step {done}; last finite '
+                                 f'checkpoint: step {ckpt.latest_step()}')
+      avg = {f'train/{k}': float(v) for k, v in avg.items()}
+      avg['train/lr'] = float(schedule(done - 1))
+      elapsed = time.time() - t_log
+      avg['train/steps_per_sec'] = config.log_every / max(elapsed, 1e-9)
+      t_log = time.time()
+      writer.write_scalars(done, avg)
+      eta = (config.num_steps - done) / max(avg['train/steps_per_sec'], 1e-9)
+      logging.info('step %d/%d loss %.4f (%.2f steps/s, ETA %s)', done, config.num_steps,
+                   avg['train/loss'], avg['train/steps_per_sec'], _fmt_eta(eta))
+
+    if done % config.eval_every == 0 or done == config.num_steps:
+      with report.timed('eval'):
+        final = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh)
+      writer.write_scalars(done, final)
+      key = f'{image_branch}/top1'
+      if final[key] > progress['best_metric']:
+        progress.update(best_metric=final[key], best_step=done)
+        ckpt.save_best(done, state.ema_params, dict(progress))
+      if done - progress['best_step'] >= config.patience:
+        progress['stopped_early'] = True
+        logging.info('Early stop at step %d (best %.4f at %d)', done, progress['best_metric'],
+                     progress['best_step'])
+
+    last = done == config.num_steps or progress['stopped_early']
+    stop_now = config.max_steps_this_run > 0 and done - start >= config.max_steps_this_run
+    if done % config.checkpoint_every == 0 or last or stop_now:
+      ckpt.save(done, state, train_iter, dict(progress), force=True)
+    if stop_now:
+      break
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  final = dict(final)
+  final.update(best_metric=progress['best_metric'], best_step=progress['best_step'],
+               step=int(state.step))
+  if is_main:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(final, f, indent=2)
+  return final
+
+
+def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding):
+  """EMA model without metadata, and (STSSL) the EMA teacher with metadata, separately."""
+  split = config.data.eval_split
+  out = _scalars(image_branch, evaluate(state.ema_params, eval_fn, config, split,
+                                        image_branch, sharding))
+  if algo.stssl and config.eval_teacher:
+    out.update(_scalars('teacher', evaluate(state.ema_params, eval_fn, config, split,
+                                            'teacher', sharding)))
+  return out
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
