@@ -4,15 +4,17 @@ All functions are plain NumPy + PIL and deterministic given a `np.random.Generat
 that the data pipeline can seed them per record and per epoch position.
 
 - `resize` is done once per record read; weak and strong views start from its output.
-- `weak`: reflect-pad, random crop, horizontal and vertical flips. Done as one NumPy
-  gather with precomputed reflect indices instead of padding a copy of the image.
+- `weak`: reflect-pad, random crop, horizontal and vertical flips. Done as two NumPy
+  gathers with precomputed reflect indices instead of padding a copy of the image.
 - `strong`: `weak`, then USB RandAugment(n, 5) (the magnitude is ignored: every op draws
   its value uniformly from its range), then Cutout, which is always applied.
 
-The RandAugment ops act on a PIL image exactly like the USB original (ImageOps,
-ImageEnhance, `Image.transform` affine with nearest sampling and black fill); their table
-is `RANDAUGMENT_OPS`. Cutout is done in NumPy but fills the same pixels as USB's
-`ImageDraw.rectangle` (float corners truncated, both corners inclusive).
+The RandAugment ops (`RANDAUGMENT_OPS`) take and return uint8 arrays and give the same
+pixels as the USB original's PIL calls (ImageOps, ImageEnhance, `Image.rotate`,
+`Image.transform` affine; nearest sampling, black fill). Cutout is done in NumPy but fills
+the same pixels as USB's `ImageDraw.rectangle` (float corners truncated, both inclusive).
+Random draws use NumPy instead of Python's `random`, so views match USB in distribution,
+not sample by sample.
 """
 
 import functools
@@ -21,7 +23,6 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 from PIL import ImageEnhance
-from PIL import ImageOps
 
 CUTOUT_FILL = (125, 123, 114)  # USB's Cutout colour (RGB).
 CUTOUT_MAX_FRACTION = 0.5  # Cutout side s = f * image side, f ~ U(0, 0.5).
@@ -73,7 +74,7 @@ def weak(img: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
 
   Args:
     img: uint8 [S, S, 3].
-    rng: source of the crop offsets and the two flips (4 draws).
+    rng: source of the crop offsets (y, x) and the flips (h, v): one `random(4)` draw.
     padding: reflect padding P in pixels on every side (needs P < S).
 
   Returns:
@@ -81,84 +82,132 @@ def weak(img: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
   """
   size = img.shape[0]
   idx = _reflect_indices(size, padding)
-  oy, ox = rng.integers(0, 2 * padding + 1, size=2)
-  hflip, vflip = rng.random(2) < 0.5
+  # One draw for all four choices: two crop offsets in 0..2P, then the two flips.
+  u = rng.random(4)
+  oy, ox = (u[:2] * (2 * padding + 1)).astype(np.intp)
   rows = idx[oy:oy + size]
   cols = idx[ox:ox + size]
-  # Flipping the crop is reversing its index vectors, so the whole view is one gather.
-  if vflip:
-    rows = rows[::-1]
-  if hflip:
+  # A flip of the crop is a reversed index vector, so the view is just two gathers.
+  if u[2] < 0.5:
     cols = cols[::-1]
-  return img[rows[:, None], cols[None, :]]
+  if u[3] < 0.5:
+    rows = rows[::-1]
+  return img.take(rows, axis=0).take(cols, axis=1)
 
 
-# ---- RandAugment ops: (PIL image, value) -> PIL image, as in USB ------------------------
+# ---- RandAugment ops: (uint8 [H, W, 3], value) -> uint8 [H, W, 3], as in USB ---------
+# The lookup-table ops (AutoContrast, Equalize, Posterize, Solarize) are NumPy versions
+# of PIL's ImageOps with identical output (tested), because `Image.point` with a Python
+# list costs ~40 us per call. The others run PIL itself on the array (~10 us of
+# conversions each).
 
 
-def auto_contrast(img: Image.Image, _: float) -> Image.Image:
-  return ImageOps.autocontrast(img)
+_CHANNEL_OFFSETS = np.arange(3, dtype=np.intp) * 256
+_IDENTITY_LUT = np.arange(256)
 
 
-def brightness(img: Image.Image, v: float) -> Image.Image:
-  return ImageEnhance.Brightness(img).enhance(v)
+def _apply_channel_luts(img: np.ndarray, luts: np.ndarray) -> np.ndarray:
+  """out[..., c] = luts[c, img[..., c]]; luts int [3, 256] with values in 0..255."""
+  return luts.astype(np.uint8).ravel()[img + _CHANNEL_OFFSETS]
 
 
-def color(img: Image.Image, v: float) -> Image.Image:
-  return ImageEnhance.Color(img).enhance(v)
+def auto_contrast(img: np.ndarray, _: float) -> np.ndarray:
+  """`ImageOps.autocontrast`: per channel, stretch [min, max] to [0, 255]."""
+  flat = img.reshape(-1, img.shape[-1])
+  lo = flat.min(axis=0).astype(np.float64)[:, None]
+  hi = flat.max(axis=0).astype(np.float64)[:, None]
+  # PIL: scale = 255 / (hi - lo), offset = -lo * scale, lut = clip(int(ix * scale + offset)).
+  with np.errstate(divide='ignore', invalid='ignore'):
+    scale = 255.0 / (hi - lo)
+    offset = -lo * scale
+    luts = np.clip(np.trunc(_IDENTITY_LUT * scale + offset), 0, 255)
+  luts = np.where(hi > lo, luts, _IDENTITY_LUT)
+  return _apply_channel_luts(img, luts)
 
 
-def contrast(img: Image.Image, v: float) -> Image.Image:
-  return ImageEnhance.Contrast(img).enhance(v)
+def equalize(img: np.ndarray, _: float) -> np.ndarray:
+  """`ImageOps.equalize`: per-channel histogram equalisation with PIL's integer maths."""
+  hist = np.bincount((img + _CHANNEL_OFFSETS).ravel(), minlength=768).reshape(3, 256)
+  luts = np.empty((3, 256), np.int64)
+  for c in range(3):
+    nonzero = hist[c][hist[c] > 0]
+    step = (nonzero.sum() - nonzero[-1]) // 255 if nonzero.size > 1 else 0
+    if step == 0:
+      luts[c] = _IDENTITY_LUT
+    else:
+      # lut[i] = (step // 2 + sum(hist[:i])) // step; PIL clips values above 255.
+      before = np.cumsum(hist[c]) - hist[c]
+      luts[c] = np.minimum((step // 2 + before) // step, 255)
+  return _apply_channel_luts(img, luts)
 
 
-def equalize(img: Image.Image, _: float) -> Image.Image:
-  return ImageOps.equalize(img)
-
-
-def identity(img: Image.Image, _: float) -> Image.Image:
+def identity(img: np.ndarray, _: float) -> np.ndarray:
   return img
 
 
-def posterize(img: Image.Image, v: float) -> Image.Image:
-  return ImageOps.posterize(img, max(1, int(v)))
+def posterize(img: np.ndarray, v: float) -> np.ndarray:
+  """`ImageOps.posterize(int(v))`: keeps the top int(v) bits of every channel."""
+  bits = max(1, int(v))
+  return img & np.uint8((0xFF << (8 - bits)) & 0xFF)
 
 
-def rotate(img: Image.Image, v: float) -> Image.Image:
-  """Counter-clockwise by `v` degrees about the centre, nearest, black fill."""
-  return img.rotate(v)
+def solarize(img: np.ndarray, v: float) -> np.ndarray:
+  """`ImageOps.solarize(v)`: inverts every channel value >= v."""
+  return np.where(img >= v, 255 - img, img)
 
 
-def sharpness(img: Image.Image, v: float) -> Image.Image:
-  return ImageEnhance.Sharpness(img).enhance(v)
+def brightness(img: np.ndarray, v: float) -> np.ndarray:
+  """`ImageEnhance.Brightness(v)`: blend with black; v < 1 darkens."""
+  return np.asarray(ImageEnhance.Brightness(Image.fromarray(img)).enhance(v))
 
 
-def shear_x(img: Image.Image, v: float) -> Image.Image:
+def color(img: np.ndarray, v: float) -> np.ndarray:
+  """`ImageEnhance.Color(v)`: blend with the grey image; v < 1 desaturates."""
+  return np.asarray(ImageEnhance.Color(Image.fromarray(img)).enhance(v))
+
+
+def contrast(img: np.ndarray, v: float) -> np.ndarray:
+  """`ImageEnhance.Contrast(v)`: blend with the mean grey level; v < 1 flattens."""
+  return np.asarray(ImageEnhance.Contrast(Image.fromarray(img)).enhance(v))
+
+
+def rotate(img: np.ndarray, v: float) -> np.ndarray:
+  """`Image.rotate(v)`: counter-clockwise about the centre, nearest, black fill."""
+  return np.asarray(Image.fromarray(img).rotate(v))
+
+
+def sharpness(img: np.ndarray, v: float) -> np.ndarray:
+  """`ImageEnhance.Sharpness(v)`: blend with PIL's smoothed image; v < 1 blurs."""
+  return np.asarray(ImageEnhance.Sharpness(Image.fromarray(img)).enhance(v))
+
+
+def _affine(img: np.ndarray, coeffs: tuple[float, ...]) -> np.ndarray:
+  """Output pixel (x, y) reads input (a x + b y + c, d x + e y + f); nearest, black fill."""
+  pil = Image.fromarray(img)
+  return np.asarray(pil.transform(pil.size, Image.AFFINE, coeffs))
+
+
+def shear_x(img: np.ndarray, v: float) -> np.ndarray:
   """Output pixel (x, y) reads input (x + v * y, y)."""
-  return img.transform(img.size, Image.AFFINE, (1, v, 0, 0, 1, 0))
+  return _affine(img, (1, v, 0, 0, 1, 0))
 
 
-def shear_y(img: Image.Image, v: float) -> Image.Image:
+def shear_y(img: np.ndarray, v: float) -> np.ndarray:
   """Output pixel (x, y) reads input (x, y + v * x)."""
-  return img.transform(img.size, Image.AFFINE, (1, 0, 0, v, 1, 0))
+  return _affine(img, (1, 0, 0, v, 1, 0))
 
 
-def solarize(img: Image.Image, v: float) -> Image.Image:
-  """Inverts every channel value >= v."""
-  return ImageOps.solarize(img, v)
-
-
-def translate_x(img: Image.Image, v: float) -> Image.Image:
+def translate_x(img: np.ndarray, v: float) -> np.ndarray:
   """Output pixel (x, y) reads input (x + v * W, y): content moves left for v > 0."""
-  return img.transform(img.size, Image.AFFINE, (1, 0, v * img.size[0], 0, 1, 0))
+  return _affine(img, (1, 0, v * img.shape[1], 0, 1, 0))
 
 
-def translate_y(img: Image.Image, v: float) -> Image.Image:
+def translate_y(img: np.ndarray, v: float) -> np.ndarray:
   """Output pixel (x, y) reads input (x, y + v * H): content moves up for v > 0."""
-  return img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, v * img.size[1]))
+  return _affine(img, (1, 0, 0, 0, 1, v * img.shape[0]))
 
 
-Op = Callable[[Image.Image, float], Image.Image]
+Op = Callable[[np.ndarray, float], np.ndarray]
 
 # Name -> (op, low, high); the value is drawn from U(low, high) (METHOD 3.3). The order is
 # USB's, so that an op index means the same op as there.
@@ -216,25 +265,26 @@ def strong(
 
   Args:
     img: uint8 [S, S, 3].
-    rng: source of every random choice (weak's 4 draws, then op indices, op values and
-      the Cutout fraction and centre).
+    rng: source of every random choice: weak's `random(4)`, then one
+      `random(2 * n_ops + 3)` for op choices, op values, Cutout fraction and centre.
     padding: reflect padding of the weak part.
     n_ops: RandAugment ops per image (3 in the released runs).
 
   Returns:
     uint8 [S, S, 3], a new array.
   """
-  pil = Image.fromarray(weak(img, rng, padding))
-  ops = rng.integers(0, len(_OP_LIST), size=n_ops)
-  # One call draws every uniform value: n op values, then cutout f, cx, cy.
-  u = rng.random(n_ops + 3)
-  for k, op_index in enumerate(ops):
-    fn, low, high = _OP_LIST[op_index]
-    pil = fn(pil, low + (high - low) * u[k])
-  # np.array (not asarray) gives a writable copy for the in-place Cutout.
-  out = np.array(pil)
+  out = weak(img, rng, padding)
+  # One draw for the rest: n op choices, n op values, then Cutout's f, cx and cy.
+  u = rng.random(2 * n_ops + 3)
+  for k in range(n_ops):
+    fn, low, high = _OP_LIST[int(u[k] * len(_OP_LIST))]
+    out = fn(out, low + (high - low) * u[n_ops + k])
+  # PIL-based ops return read-only views of PIL buffers; Cutout writes in place.
+  if not out.flags.writeable:
+    out = out.copy()
   h, w = out.shape[:2]
-  return cutout(out, CUTOUT_MAX_FRACTION * u[n_ops], u[n_ops + 1] * w, u[n_ops + 2] * h)
+  f, cx, cy = u[2 * n_ops:]
+  return cutout(out, CUTOUT_MAX_FRACTION * f, cx * w, cy * h)
 
 
 def eval_view(img: np.ndarray, size: int) -> np.ndarray:

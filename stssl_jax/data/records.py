@@ -1,0 +1,406 @@
+"""THE record schema: one TFDS/ArrayRecord layout shared by data_prep and the input pipeline.
+
+A prepared dataset lives in `<data_dir>/<name>/<SCHEMA_VERSION>.0.0/` and is a plain TFDS
+dataset directory written with `file_format='array_record'` (readable without TensorFlow).
+Every record has these features:
+
+  image     Tensor [H, W, C], uint8 (RGB) or uint16 (multispectral); original pixels, full
+            resolution (the pipeline resizes).
+  label     ClassLabel (single-label) or multi-hot uint8 Tensor [num_classes] (multi-label).
+  lat, lon  float32, WGS84 degrees of the patch centre.
+  date      Text `YYYY-MM-DD HH:MM:SS`; '' when the dataset has no dates (EuroSAT), in which
+            case the pipeline substitutes METHOD 1.2's dummy date.
+  filename  Text, path relative to the raw dataset root (e.g. `AnnualCrop/AnnualCrop_1.jpg`).
+  index     int64: position within the split, EXCEPT in labeled-subset splits
+            `train_lb_{n}`, whose records are copies of `train` records and whose `index` is
+            the position of that record in `train` (so labeled ⊂ unlabeled is explicit).
+
+Records are written in generation order (TFDS shuffling disabled), so record i of a split
+has `index == i` for every split except the labeled subsets, which keep the draw order.
+
+Dataset-level metadata is the TFDS `metadata.json` (a MetadataDict) in the same directory:
+class names, per-split class counts, per-band mean/std over the statistics split (`train`),
+the schema version, labeled-subset definitions, the source and skipped files. `load_info`
+returns it as a plain dict. Writing is atomic: the dataset is built in a temporary directory
+next to the output and renamed into place only when complete.
+
+Note: `tfds.data_source('eurosat', ...)` resolves to the TFDS catalog's own `eurosat`
+builder; read through `open_split` (or `tfds.data_source('eurosat:1.0.0', data_dir=...)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+SCHEMA_VERSION = 1
+VERSION = f'{SCHEMA_VERSION}.0.0'  # TFDS version directory of this schema.
+FEATURE_KEYS = ('image', 'label', 'lat', 'lon', 'date', 'filename', 'index')
+# METHOD 1.1: the date is parsed leniently, single-digit month/day/hour accepted.
+_DATE_RE = re.compile(r'^\d{4}-\d{1,2}-\d{1,2} \d{1,2}:\d{2}:\d{2}$')
+_IMAGE_DTYPES = ('uint8', 'uint16')
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """Per-dataset parameters of the record schema.
+
+  Attributes:
+    class_names: class names; label i is class_names[i].
+    image_shape: (H, W, C) of every image.
+    image_dtype: 'uint8' or 'uint16'.
+    multilabel: labels are multi-hot vectors [num_classes] instead of class indices.
+  """
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]
+  image_dtype: str
+  multilabel: bool = False
+
+  def __post_init__(self):
+    if self.image_dtype not in _IMAGE_DTYPES:
+      raise ValueError(f'Schema.image_dtype must be one of {_IMAGE_DTYPES}, got {self.image_dtype!r}')
+    if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+      raise ValueError(f'Schema.image_shape must be (H, W, C) > 0, got {self.image_shape}')
+    if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+      raise ValueError(f'Schema.class_names must be non-empty and unique, got {self.class_names}')
+
+  def features(self):
+    """Returns the tfds FeaturesDict of this schema."""
+    f = tfds.features
+    if self.multilabel:
+      label = f.Tensor(shape=(len(self.class_names),), dtype=np.uint8)
+    else:
+      label = f.ClassLabel(names=list(self.class_names))
+    return f.FeaturesDict({
+        'image': f.Tensor(shape=tuple(self.image_shape), dtype=np.dtype(self.image_dtype)),
+        'label': label,
+        'lat': f.Scalar(dtype=np.float32),
+        'lon': f.Scalar(dtype=np.float32),
+        'date': f.Text(),
+        'filename': f.Text(),
+        'index': f.Scalar(dtype=np.int64),
+    })
+
+
+def encode(example: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
+  """Validates one example and converts it to the stored types.
+
+  Args:
+    example: dict with keys FEATURE_KEYS; `image` [H, W, C] array, `label` int (or
+      multi-hot [num_classes]), `lat`/`lon` degrees, `date` str, `filename` str, `index` int.
+    schema: the dataset's Schema.
+
+  Returns:
+    dict with image [H, W, C] of schema.image_dtype, label int (or uint8 [num_classes]),
+    lat/lon np.float32, date/filename str, index int.
+
+  Raises:
+    ValueError: naming the example's filename and the offending field.
+  """
+  name = example.get('filename', '<no filename>')
+  missing = [k for k in FEATURE_KEYS if k not in example]
+  if missing:
+    raise ValueError(f'Record {name!r}: missing fields {missing}')
+  image = np.asarray(example['image'])
+  if image.dtype != np.dtype(schema.image_dtype) or image.shape != tuple(schema.image_shape):
+    raise ValueError(f'Record {name!r}: image {image.dtype}{list(image.shape)} does not match '
+                     f'the schema {schema.image_dtype}{list(schema.image_shape)}')
+  num_classes = len(schema.class_names)
+  if schema.multilabel:
+    label = np.asarray(example['label'])
+    if label.shape != (num_classes,) or not np.isin(label, (0, 1)).all():
+      raise ValueError(f'Record {name!r}: label must be multi-hot of length {num_classes}')
+    label = label.astype(np.uint8)
+  else:
+    label = int(example['label'])
+    if not 0 <= label < num_classes:
+      raise ValueError(f'Record {name!r}: label {label} outside [0, {num_classes})')
+  lat, lon = float(example['lat']), float(example['lon'])
+  if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180):
+    raise ValueError(f'Record {name!r}: lat/lon ({lat}, {lon}) are not WGS84 degrees')
+  date = example['date']
+  if not isinstance(date, str) or (date and not _DATE_RE.match(date)):
+    raise ValueError(f"Record {name!r}: date {date!r} is neither '' nor 'YYYY-MM-DD HH:MM:SS'")
+  if not isinstance(name, str) or not name:
+    raise ValueError(f'Record {name!r}: filename must be a non-empty string')
+  return {'image': image, 'label': label, 'lat': np.float32(lat), 'lon': np.float32(lon),
+          'date': date, 'filename': name, 'index': int(example['index'])}
+
+
+def decode(raw: Mapping[str, Any]) -> dict[str, Any]:
+  """Converts a record as returned by the TFDS data source to plain numpy/python values.
+
+  Args:
+    raw: dict from a tfds ArrayRecord data source (Text fields arrive as bytes).
+
+  Returns:
+    dict: image [H, W, C] uint8/uint16, label int (or uint8 [num_classes]), lat/lon
+    np.float32, date str, filename str, index int.
+  """
+  def text(v):
+    return v.decode('utf-8') if isinstance(v, bytes) else str(v)
+  label = raw['label']
+  label = int(label) if np.ndim(label) == 0 else np.asarray(label, np.uint8)
+  return {'image': np.asarray(raw['image']), 'label': label, 'lat': np.float32(raw['lat']),
+          'lon': np.float32(raw['lon']), 'date': text(raw['date']),
+          'filename': text(raw['filename']), 'index': int(raw['index'])}
+
+
+def dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path:
+  """Returns `<data_dir>/<name>/<VERSION>`, the directory holding one prepared dataset."""
+  return pathlib.Path(data_dir) / name / VERSION
+
+
+def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
+  """True if a complete dataset of this schema version exists (only complete ones are renamed in)."""
+  d = dataset_dir(data_dir, name)
+  if not (d / 'dataset_info.json').is_file() or not (d / 'metadata.json').is_file():
+    return False
+  with open(d / 'metadata.json') as f:
+    return json.load(f).get('schema_version') == SCHEMA_VERSION
+
+
+class _StatsTap:
+  """Counts classes per split and accumulates exact per-band pixel sums for one split."""
+
+  def __init__(self, schema: Schema, stats_split: str):
+    self.schema, self.stats_split = schema, stats_split
+    self.class_counts: dict[str, list[int]] = {}
+    channels = schema.image_shape[2]
+    # Python ints: exact sums of squares, no overflow even for uint16 at BigEarthNet scale.
+    self._sum, self._sumsq, self._n = [0] * channels, [0] * channels, 0
+
+  def tap(self, split: str, examples: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, dict]]:
+    """Yields (key, encoded example), with key = position, while collecting statistics."""
+    counts = np.zeros(len(self.schema.class_names), np.int64)
+    for i, example in enumerate(examples):
+      example = dict(example)
+      example.setdefault('index', i)
+      rec = encode(example, self.schema)
+      if self.schema.multilabel:
+        counts += rec['label']
+      else:
+        counts[rec['label']] += 1
+      if split == self.stats_split:
+        pixels = rec['image'].reshape(-1, rec['image'].shape[-1]).astype(np.int64)
+        # Per-image int64 sums are exact (< 2^63 for any uint16 patch below 2^33 pixels).
+        self._sum = [a + int(b) for a, b in zip(self._sum, pixels.sum(0))]
+        self._sumsq = [a + int(b) for a, b in zip(self._sumsq, (pixels * pixels).sum(0))]
+        self._n += pixels.shape[0]
+      yield i, rec
+    self.class_counts[split] = counts.tolist()
+
+  def band_stats(self) -> tuple[list[float], list[float]]:
+    """Returns per-band (mean, std), divided by 255 for uint8 images, raw units for uint16."""
+    if not self._n:
+      raise ValueError(f'Band statistics split {self.stats_split!r} is empty or was not written')
+    scale = 255.0 if self.schema.image_dtype == 'uint8' else 1.0
+    mean = [s / self._n for s in self._sum]
+    var = [max(q / self._n - m * m, 0.0) for q, m in zip(self._sumsq, mean)]
+    return [m / scale for m in mean], [math.sqrt(v) / scale for v in var]
+
+
+def _builder_cls(name: str, schema: Schema, split_fns, tap: _StatsTap, description: str):
+  """Creates an unregistered GeneratorBasedBuilder class named `name` for one write."""
+
+  class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version(f'{SCHEMA_VERSION}.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, description=description,
+                                   features=schema.features(),
+                                   metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(split) for split in split_fns}
+
+    def _generate_examples(self, split):
+      return tap.tap(split, split_fns[split]())
+
+  _Builder.name = name
+  _Builder.disable_shuffling = True  # Keys are positions: keep generation order on disk.
+  return _Builder
+
+
+def write_dataset(
+    data_dir: str | os.PathLike,
+    name: str,
+    splits: Mapping[str, Callable[[], Iterable[Mapping[str, Any]]]],
+    schema: Schema,
+    metadata: Mapping[str, Any] | None = None,
+    stats_split: str = 'train',
+    overwrite: bool = False,
+    description: str = '',
+) -> pathlib.Path:
+  """Writes a dataset of this schema atomically into `<data_dir>/<name>/<VERSION>`.
+
+  Args:
+    data_dir: root directory (shared by several datasets).
+    name: dataset (builder) name, e.g. 'eurosat'.
+    splits: split name -> zero-argument callable returning the split's examples (dicts as
+      accepted by `encode`; a missing `index` defaults to the position in the split).
+    schema: the dataset's Schema.
+    metadata: extra JSON-serialisable metadata (e.g. source, labeled_splits, skipped).
+    stats_split: split over which per-band mean/std are computed.
+    overwrite: replace an existing dataset; otherwise an existing one is an error.
+    description: free text stored in dataset_info.json.
+
+  Returns:
+    The dataset directory.
+  """
+  if stats_split not in splits:
+    raise ValueError(f'stats_split {stats_split!r} is not among the splits {list(splits)}')
+  root = pathlib.Path(data_dir)
+  final = root / name
+  if final.exists() and not overwrite:
+    raise FileExistsError(f'{final} already exists; pass overwrite=True to replace it')
+  root.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=root))
+  try:
+    tap = _StatsTap(schema, stats_split)
+    builder = _builder_cls(name, schema, splits, tap, description)(
+        data_dir=str(tmp), file_format='array_record')
+    builder.download_and_prepare(download_dir=str(tmp / 'downloads'))
+    band_mean, band_std = tap.band_stats()
+    info = dict(metadata or {})
+    info.update({
+        'schema_version': SCHEMA_VERSION,
+        'class_names': list(schema.class_names),
+        'multilabel': schema.multilabel,
+        'image_shape': list(schema.image_shape),
+        'image_dtype': schema.image_dtype,
+        'class_counts': tap.class_counts,
+        'band_mean': band_mean,
+        'band_std': band_std,
+        'band_stats_split': stats_split,
+        'band_stats_units': '[0, 1] (pixel / 255)' if schema.image_dtype == 'uint8' else 'raw DN',
+    })
+    built = pathlib.Path(builder.data_dir)
+    with open(built / 'metadata.json', 'w') as f:
+      json.dump(info, f, indent=1)
+    # Swap into place with renames only, so `final` is never a half-written dataset.
+    old = tmp / 'old' if final.exists() else None
+    if old:
+      os.rename(final, old)
+    try:
+      os.rename(tmp / name, final)
+    except BaseException:
+      if old:
+        os.rename(old, final)
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return dataset_dir(root, name)
+
+
+def _check_dir(data_dir, name) -> pathlib.Path:
+  d = dataset_dir(data_dir, name)
+  if not (d / 'dataset_info.json').is_file():
+    other = sorted(p.name for p in d.parent.iterdir()) if d.parent.is_dir() else []
+    hint = f' (found versions {other}; this code reads schema {VERSION})' if other else ''
+    raise FileNotFoundError(
+        f"No prepared dataset '{name}' in {pathlib.Path(data_dir)}: {d} is missing{hint}. "
+        f'Prepare it with `python -m data_prep.{name} --out {data_dir} ...`.')
+  return d
+
+
+def load_info(data_dir: str | os.PathLike, name: str) -> dict[str, Any]:
+  """Reads the dataset-level metadata.
+
+  Args:
+    data_dir: root passed to data_prep as --out.
+    name: dataset name.
+
+  Returns:
+    dict with class_names (list), num_classes, splits {split: count}, class_counts
+    {split: [C]}, band_mean / band_std (lists [C_bands]), schema_version, labeled_splits
+    {num_labels (int): split name}, labeled_indices {num_labels (int): [train indices]},
+    plus every other stored metadata field (source, prep, skipped, ...).
+  """
+  d = _check_dir(data_dir, name)
+  with open(d / 'metadata.json') as f:
+    info = json.load(f)
+  with open(d / 'dataset_info.json') as f:
+    splits = json.load(f)['splits']
+  info['splits'] = {s['name']: sum(int(n) for n in s.get('shardLengths', [])) for s in splits}
+  info['num_classes'] = len(info['class_names'])
+  for key in ('labeled_splits', 'labeled_indices'):  # JSON turned the int keys into str.
+    info[key] = {int(k): v for k, v in info.get(key, {}).items()}
+  return info
+
+
+class SplitSource(Sequence):
+  """Random-access view of one split: `len(src)`, `src[i]` -> decoded record dict.
+
+  Picklable (for grain worker processes): only (data_dir, name, split) travel; the file
+  handle is reopened lazily in each process.
+  """
+
+  def __init__(self, data_dir: str | os.PathLike, name: str, split: str):
+    self.data_dir, self.name, self.split = str(data_dir), name, split
+    self._source = None
+    self._len = self._open().__len__()
+
+  def _open(self):
+    if self._source is None:
+        d = _check_dir(self.data_dir, self.name)
+      builder = tfds.builder_from_directory(str(d))
+      if self.split not in builder.info.splits:
+        raise KeyError(f"Split '{self.split}' not found in {d}; available splits: "
+                       f'{sorted(builder.info.splits)}')
+      self._source = builder.as_data_source(split=self.split)
+    return self._source
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.__getitems__(range(*i.indices(self._len)))
+    i = int(i)
+    if not -self._len <= i < self._len:
+      raise IndexError(f'index {i} out of range for split {self.split!r} of size {self._len}')
+    return decode(self._open()[i % self._len])
+
+  def __getitems__(self, keys: Iterable[int]) -> list[dict[str, Any]]:
+    return [decode(r) for r in self._open().__getitems__([int(k) for k in keys])]
+
+  def __getstate__(self):
+    return {'data_dir': self.data_dir, 'name': self.name, 'split': self.split, '_len': self._len}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._source = None
+
+  def __repr__(self):
+    return f'SplitSource({self.data_dir!r}, {self.name!r}, {self.split!r}, len={self._len})'
+
+
+def open_split(data_dir: str | os.PathLike, name: str, split: str) -> SplitSource:
+  """Opens one split for random access.
+
+  Args:
+    data_dir: root passed to data_prep as --out.
+    name: dataset name, e.g. 'eurosat'.
+    split: 'train', 'test', 'train_lb_40', ...
+
+  Returns:
+    SplitSource: len() and [i] -> dict(image [H, W, C] uint8/uint16, label int, lat, lon
+    np.float32, date str, filename str, index int).
+
+  Raises:
+    FileNotFoundError: naming the directory when the dataset is missing.
+    KeyError: naming the directory and the available splits when the split is missing.
+  """
+  return SplitSource(data_dir, name, split)
