@@ -52,7 +52,9 @@ def normalize(img: np.ndarray) -> np.ndarray:
   Returns:
     float32 with the same shape.
   """
-  return img.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+  # Same float32 operations as torchvision's ToTensor + Normalize(0.5, 0.5); * 2 is
+  # bit-identical to / 0.5.
+  return (img.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) * np.float32(2.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,17 +108,37 @@ _CHANNEL_OFFSETS = np.arange(3, dtype=np.intp) * 256
 _IDENTITY_LUT = np.arange(256)
 
 
-def _apply_channel_luts(img: np.ndarray, luts: np.ndarray) -> np.ndarray:
-  """out[..., c] = luts[c, img[..., c]]; luts int [3, 256] with values in 0..255."""
-  return luts.astype(np.uint8).ravel()[img + _CHANNEL_OFFSETS]
+def _apply_channel_luts(
+    img: np.ndarray, luts: np.ndarray, flat_index: np.ndarray | None = None
+) -> np.ndarray:
+  """out[..., c] = luts[c, img[..., c]]; luts [3, 256] with values in 0..255.
+
+  `flat_index` is `img + _CHANNEL_OFFSETS` when the caller already has it.
+  """
+  if flat_index is None:
+    flat_index = img + _CHANNEL_OFFSETS
+  return luts.astype(np.uint8).ravel().take(flat_index)
+
+
+def _to_pil(img: np.ndarray) -> Image.Image:
+  # frombuffer avoids fromarray's array-interface checks (~2 us of 7).
+  return Image.frombuffer('RGB', (img.shape[1], img.shape[0]), np.ascontiguousarray(img),
+                          'raw', 'RGB', 0, 1)
+
+
+def _from_pil(pil: Image.Image) -> np.ndarray:
+  # tobytes + frombuffer is ~2x faster than np.asarray(pil); the result is read-only.
+  return np.frombuffer(pil.tobytes(), np.uint8).reshape(pil.size[1], pil.size[0], 3)
 
 
 def auto_contrast(img: np.ndarray, _: float) -> np.ndarray:
   """`ImageOps.autocontrast`: per channel, stretch [min, max] to [0, 255]."""
-  flat = img.reshape(-1, img.shape[-1])
-  lo = flat.min(axis=0).astype(np.float64)[:, None]
-  hi = flat.max(axis=0).astype(np.float64)[:, None]
-  # PIL: scale = 255 / (hi - lo), offset = -lo * scale, lut = clip(int(ix * scale + offset)).
+  # Channel-major copy: reducing over a strided [N, 3] axis is ~7x slower.
+  channels = np.ascontiguousarray(img.reshape(-1, 3).T)
+  lo = channels.min(axis=1).astype(np.float64)[:, None]
+  hi = channels.max(axis=1).astype(np.float64)[:, None]
+  # PIL: scale = 255 / (hi - lo), offset = -lo * scale, lut = clip(int(ix * scale + offset));
+  # the same float64 operations in the same order give the same table.
   with np.errstate(divide='ignore', invalid='ignore'):
     scale = 255.0 / (hi - lo)
     offset = -lo * scale
@@ -127,18 +149,19 @@ def auto_contrast(img: np.ndarray, _: float) -> np.ndarray:
 
 def equalize(img: np.ndarray, _: float) -> np.ndarray:
   """`ImageOps.equalize`: per-channel histogram equalisation with PIL's integer maths."""
-  hist = np.bincount((img + _CHANNEL_OFFSETS).ravel(), minlength=768).reshape(3, 256)
-  luts = np.empty((3, 256), np.int64)
-  for c in range(3):
-    nonzero = hist[c][hist[c] > 0]
-    step = (nonzero.sum() - nonzero[-1]) // 255 if nonzero.size > 1 else 0
-    if step == 0:
-      luts[c] = _IDENTITY_LUT
-    else:
-      # lut[i] = (step // 2 + sum(hist[:i])) // step; PIL clips values above 255.
-      before = np.cumsum(hist[c]) - hist[c]
-      luts[c] = np.minimum((step // 2 + before) // step, 255)
-  return _apply_channel_luts(img, luts)
+  flat_index = img + _CHANNEL_OFFSETS
+  hist = np.bincount(flat_index.ravel(), minlength=768).reshape(3, 256)
+  present = hist > 0
+  last = 255 - present[:, ::-1].argmax(axis=1)
+  # PIL: step = (sum(hist) - hist[last nonzero]) // 255, identity when step is 0 or only
+  # one value is present; else lut[i] = (step // 2 + sum(hist[:i])) // step, clipped.
+  step = (hist.sum(axis=1) - hist[np.arange(3), last]) // 255
+  valid = (step > 0) & (present.sum(axis=1) > 1)
+  step = np.where(valid, step, 1)[:, None]
+  before = np.cumsum(hist, axis=1) - hist
+  luts = np.minimum((step // 2 + before) // step, 255)
+  luts = np.where(valid[:, None], luts, _IDENTITY_LUT)
+  return _apply_channel_luts(img, luts, flat_index)
 
 
 def identity(img: np.ndarray, _: float) -> np.ndarray:
@@ -158,33 +181,33 @@ def solarize(img: np.ndarray, v: float) -> np.ndarray:
 
 def brightness(img: np.ndarray, v: float) -> np.ndarray:
   """`ImageEnhance.Brightness(v)`: blend with black; v < 1 darkens."""
-  return np.asarray(ImageEnhance.Brightness(Image.fromarray(img)).enhance(v))
+  return _from_pil(ImageEnhance.Brightness(_to_pil(img)).enhance(v))
 
 
 def color(img: np.ndarray, v: float) -> np.ndarray:
   """`ImageEnhance.Color(v)`: blend with the grey image; v < 1 desaturates."""
-  return np.asarray(ImageEnhance.Color(Image.fromarray(img)).enhance(v))
+  return _from_pil(ImageEnhance.Color(_to_pil(img)).enhance(v))
 
 
 def contrast(img: np.ndarray, v: float) -> np.ndarray:
   """`ImageEnhance.Contrast(v)`: blend with the mean grey level; v < 1 flattens."""
-  return np.asarray(ImageEnhance.Contrast(Image.fromarray(img)).enhance(v))
+  return _from_pil(ImageEnhance.Contrast(_to_pil(img)).enhance(v))
 
 
 def rotate(img: np.ndarray, v: float) -> np.ndarray:
   """`Image.rotate(v)`: counter-clockwise about the centre, nearest, black fill."""
-  return np.asarray(Image.fromarray(img).rotate(v))
+  return _from_pil(_to_pil(img).rotate(v))
 
 
 def sharpness(img: np.ndarray, v: float) -> np.ndarray:
   """`ImageEnhance.Sharpness(v)`: blend with PIL's smoothed image; v < 1 blurs."""
-  return np.asarray(ImageEnhance.Sharpness(Image.fromarray(img)).enhance(v))
+  return _from_pil(ImageEnhance.Sharpness(_to_pil(img)).enhance(v))
 
 
 def _affine(img: np.ndarray, coeffs: tuple[float, ...]) -> np.ndarray:
   """Output pixel (x, y) reads input (a x + b y + c, d x + e y + f); nearest, black fill."""
-  pil = Image.fromarray(img)
-  return np.asarray(pil.transform(pil.size, Image.AFFINE, coeffs))
+  pil = _to_pil(img)
+  return _from_pil(pil.transform(pil.size, Image.AFFINE, coeffs))
 
 
 def shear_x(img: np.ndarray, v: float) -> np.ndarray:

@@ -215,10 +215,15 @@ def _builder_cls(name: str, schema: Schema, split_fns, tap: _StatsTap, descripti
 
   class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version(f'{SCHEMA_VERSION}.0.0')
+    # Nothing is downloaded, so there is no checksums file next to the code. Without this,
+    # tfds 4.9.10 looks for one via `importlib_resources`, a package it only declares for
+    # Python < 3.9, and fails with ModuleNotFoundError.
+    code_path = None
 
     def _info(self):
+      # Keys are positions; no shuffling keeps generation order on disk.
       return tfds.core.DatasetInfo(builder=self, description=description,
-                                   features=schema.features(),
+                                   features=schema.features(), disable_shuffling=True,
                                    metadata=tfds.core.MetadataDict())
 
     def _split_generators(self, dl_manager):
@@ -229,7 +234,6 @@ def _builder_cls(name: str, schema: Schema, split_fns, tap: _StatsTap, descripti
       return tap.tap(split, split_fns[split]())
 
   _Builder.name = name
-  _Builder.disable_shuffling = True  # Keys are positions: keep generation order on disk.
   return _Builder
 
 
@@ -354,7 +358,7 @@ class SplitSource(Sequence):
 
   def _open(self):
     if self._source is None:
-        d = _check_dir(self.data_dir, self.name)
+      d = _check_dir(self.data_dir, self.name)
       builder = tfds.builder_from_directory(str(d))
       if self.split not in builder.info.splits:
         raise KeyError(f"Split '{self.split}' not found in {d}; available splits: "
