@@ -25,7 +25,8 @@ Dtype = Any
 NO_TIME_DATE = '2017-01-01 00:00:00'
 
 # Lenient: single-digit month/day (EuroSAT's dummy '2000-1-1 00:00:00'); the time is ignored.
-_DATE_RE = re.compile(r'^\s*(\d{4})-(\d{1,2})-(\d{1,2})(?:[ T]\d{1,2}:\d{1,2}(?::\d{1,2}(?:\.\d*)?)?)?\s*$')
+_DATE_RE = re.compile(r'^\s*(\d{4})-(\d{1,2})-(\d{1,2})'  # year, month, day
+                      r'(?:[ T]\d{1,2}:\d{1,2}(?::\d{1,2}(?:\.\d*)?)?)?\s*$')
 
 
 def _as_str(date: Any) -> Optional[str]:

@@ -105,7 +105,7 @@ def test_missing_dataset_or_split_names_the_directory(tmp_path):
   schema = records.Schema(CLASSES, (2, 2, 3), 'uint8')
   records.write_dataset(tmp_path, 'toy', {'train': lambda: _examples(2, (2, 2, 3), np.uint8, 0)},
                         schema)
-  with pytest.raises(KeyError, match=r"Split 'test' not found in .*toy.*available splits: \['train'\]"):
+  with pytest.raises(KeyError, match=r"Split 'test' not found in .*toy.*splits: \['train'\]"):
     records.open_split(tmp_path, 'toy', 'test')
 
 

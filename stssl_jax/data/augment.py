@@ -28,6 +28,17 @@ CUTOUT_FILL = (125, 123, 114)  # USB's Cutout colour (RGB).
 CUTOUT_MAX_FRACTION = 0.5  # Cutout side s = f * image side, f ~ U(0, 0.5).
 
 
+def _to_pil(img: np.ndarray) -> Image.Image:
+  """uint8 [H, W, 3] -> RGB PIL image; cheaper than Image.fromarray (~2 us of 7)."""
+  return Image.frombuffer('RGB', (img.shape[1], img.shape[0]), np.ascontiguousarray(img),
+                          'raw', 'RGB', 0, 1)
+
+
+def _from_pil(pil: Image.Image) -> np.ndarray:
+  """RGB PIL image -> read-only uint8 [H, W, 3]; ~2x faster than np.asarray(pil)."""
+  return np.frombuffer(pil.tobytes(), np.uint8).reshape(pil.size[1], pil.size[0], 3)
+
+
 def resize(img: np.ndarray, size: int) -> np.ndarray:
   """Resizes an image with PIL bilinear (antialiased when downscaling).
 
@@ -36,11 +47,11 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     size: output side S.
 
   Returns:
-    uint8 [S, S, 3] (the input itself when it already has that size).
+    uint8 [S, S, 3], read-only (the input itself when it already has that size).
   """
   if img.shape[0] == size and img.shape[1] == size:
     return img
-  return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+  return _from_pil(_to_pil(img).resize((size, size), Image.BILINEAR))
 
 
 def normalize(img: np.ndarray) -> np.ndarray:
@@ -98,10 +109,11 @@ def weak(img: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
 
 
 # ---- RandAugment ops: (uint8 [H, W, 3], value) -> uint8 [H, W, 3], as in USB ---------
-# The lookup-table ops (AutoContrast, Equalize, Posterize, Solarize) are NumPy versions
-# of PIL's ImageOps with identical output (tested), because `Image.point` with a Python
-# list costs ~40 us per call. The others run PIL itself on the array (~10 us of
-# conversions each).
+# The lookup-table ops (AutoContrast, Equalize, Posterize, Solarize) and the blends
+# (Brightness, Color, Contrast) are NumPy versions of PIL's ImageOps / ImageEnhance with
+# identical output (tested against PIL), because `Image.point` with a Python list costs
+# ~40 us and ImageStat ~30 us per call. Sharpness and the geometric ops run PIL itself
+# on the array (plus ~7 us of conversions each).
 
 
 _CHANNEL_OFFSETS = np.arange(3, dtype=np.intp) * 256
@@ -118,17 +130,6 @@ def _apply_channel_luts(
   if flat_index is None:
     flat_index = img + _CHANNEL_OFFSETS
   return luts.astype(np.uint8).ravel().take(flat_index)
-
-
-def _to_pil(img: np.ndarray) -> Image.Image:
-  # frombuffer avoids fromarray's array-interface checks (~2 us of 7).
-  return Image.frombuffer('RGB', (img.shape[1], img.shape[0]), np.ascontiguousarray(img),
-                          'raw', 'RGB', 0, 1)
-
-
-def _from_pil(pil: Image.Image) -> np.ndarray:
-  # tobytes + frombuffer is ~2x faster than np.asarray(pil); the result is read-only.
-  return np.frombuffer(pil.tobytes(), np.uint8).reshape(pil.size[1], pil.size[0], 3)
 
 
 def auto_contrast(img: np.ndarray, _: float) -> np.ndarray:
@@ -179,19 +180,38 @@ def solarize(img: np.ndarray, v: float) -> np.ndarray:
   return np.where(img >= v, 255 - img, img)
 
 
+def _blend(degenerate: np.ndarray, img: np.ndarray, factor: float) -> np.ndarray:
+  """`Image.blend(degenerate, img, factor)`: clip(d + f * (i - d)) in float32, truncated.
+
+  This is what every ImageEnhance class returns, with its own degenerate image.
+  """
+  d = np.asarray(degenerate, np.float32)
+  out = d + np.float32(factor) * (img.astype(np.float32) - d)
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+  """PIL's RGB -> L conversion (ITU-R 601-2 luma in 16-bit fixed point): uint8 [H, W]."""
+  c = img.astype(np.uint32)
+  return ((c[..., 0] * 19595 + c[..., 1] * 38470 + c[..., 2] * 7471 + 0x8000) >> 16
+          ).astype(np.uint8)
+
+
 def brightness(img: np.ndarray, v: float) -> np.ndarray:
   """`ImageEnhance.Brightness(v)`: blend with black; v < 1 darkens."""
-  return _from_pil(ImageEnhance.Brightness(_to_pil(img)).enhance(v))
+  return _blend(np.float32(0), img, v)
 
 
 def color(img: np.ndarray, v: float) -> np.ndarray:
-  """`ImageEnhance.Color(v)`: blend with the grey image; v < 1 desaturates."""
-  return _from_pil(ImageEnhance.Color(_to_pil(img)).enhance(v))
+  """`ImageEnhance.Color(v)`: blend with the grey (L) image; v < 1 desaturates."""
+  return _blend(_grey(img)[..., None], img, v)
 
 
 def contrast(img: np.ndarray, v: float) -> np.ndarray:
-  """`ImageEnhance.Contrast(v)`: blend with the mean grey level; v < 1 flattens."""
-  return _from_pil(ImageEnhance.Contrast(_to_pil(img)).enhance(v))
+  """`ImageEnhance.Contrast(v)`: blend with the rounded mean grey level; v < 1 flattens."""
+  grey = _grey(img)
+  mean = int(np.bincount(grey.ravel(), minlength=256) @ _IDENTITY_LUT / grey.size + 0.5)
+  return _blend(np.float32(mean), img, v)
 
 
 def rotate(img: np.ndarray, v: float) -> np.ndarray:

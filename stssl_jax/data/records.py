@@ -68,7 +68,8 @@ class Schema:
 
   def __post_init__(self):
     if self.image_dtype not in _IMAGE_DTYPES:
-      raise ValueError(f'Schema.image_dtype must be one of {_IMAGE_DTYPES}, got {self.image_dtype!r}')
+      raise ValueError(f'Schema.image_dtype must be one of {_IMAGE_DTYPES}, '
+                       f'got {self.image_dtype!r}')
     if len(self.image_shape) != 3 or min(self.image_shape) < 1:
       raise ValueError(f'Schema.image_shape must be (H, W, C) > 0, got {self.image_shape}')
     if not self.class_names or len(set(self.class_names)) != len(self.class_names):
@@ -162,7 +163,7 @@ def dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path:
 
 
 def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
-  """True if a complete dataset of this schema version exists (only complete ones are renamed in)."""
+  """True if a complete dataset of this schema version is in place (writes are atomic)."""
   d = dataset_dir(data_dir, name)
   if not (d / 'dataset_info.json').is_file() or not (d / 'metadata.json').is_file():
     return False
@@ -193,7 +194,7 @@ class _StatsTap:
         counts[rec['label']] += 1
       if split == self.stats_split:
         pixels = rec['image'].reshape(-1, rec['image'].shape[-1]).astype(np.int64)
-        # Per-image int64 sums are exact (< 2^63 for any uint16 patch below 2^33 pixels).
+        # Per-image int64 sums are exact (< 2^63 for any uint16 patch below 2^31 pixels).
         self._sum = [a + int(b) for a, b in zip(self._sum, pixels.sum(0))]
         self._sumsq = [a + int(b) for a, b in zip(self._sumsq, (pixels * pixels).sum(0))]
         self._n += pixels.shape[0]
@@ -205,9 +206,11 @@ class _StatsTap:
     if not self._n:
       raise ValueError(f'Band statistics split {self.stats_split!r} is empty or was not written')
     scale = 255.0 if self.schema.image_dtype == 'uint8' else 1.0
-    mean = [s / self._n for s in self._sum]
-    var = [max(q / self._n - m * m, 0.0) for q, m in zip(self._sumsq, mean)]
-    return [m / scale for m in mean], [math.sqrt(v) / scale for v in var]
+    n = self._n
+    mean = [s / n / scale for s in self._sum]
+    # Exact integer numerator n * sum(x^2) - sum(x)^2: no cancellation in float.
+    std = [math.sqrt((n * q - s * s) / (n * n)) / scale for s, q in zip(self._sum, self._sumsq)]
+    return mean, std
 
 
 def _builder_cls(name: str, schema: Schema, split_fns, tap: _StatsTap, description: str):

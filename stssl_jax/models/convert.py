@@ -83,7 +83,8 @@ def _backbone_rows(depth: int, prefix: str, path: Path) -> list[Row]:
 
 
 def _dense_rows(prefix: str, path: Path) -> list[Row]:
-  return [(prefix + 'weight', path + ('kernel',), 'linear'), (prefix + 'bias', path + ('bias',), 'id')]
+  return [(prefix + 'weight', path + ('kernel',), 'linear'),
+          (prefix + 'bias', path + ('bias',), 'id')]
 
 
 def _vit_rows(depth: int) -> list[Row]:
@@ -197,7 +198,8 @@ def from_torch_stssl(state: Mapping[str, Any], *, placeholder: bool = True, stri
     {'teacher': {'backbone', 'meta_encoder', 'meta_token', 'head'},
      'student': {'backbone', ['placeholder'], 'head'}} as numpy arrays (and the report if asked).
   """
-  depth = _depth(strip_prefix(state), 'joint_backbone.')
+  names = strip_prefix(state)
+  depth = max(_depth(names, 'joint_backbone.'), _depth(names, 'student_backbone.'))
   ignore = r'(joint|student)_backbone\.head\.(weight|bias)'
   if not placeholder:
     ignore += r'|student_backbone\.metainfo_pos_embed'
@@ -252,7 +254,7 @@ def load_pretrained(params: Mapping, state: Mapping[str, Any], *,
   resize it offline with PyTorch's bicubic kernel (METHOD 2.2 rule 2).
 
   Args:
-    params: initialised params of `PlainViT` or `STSSLModel` (any array type).
+    params: initialised params of `PlainViT` or `STSSLModel` (arrays with .shape / .dtype).
     state: the checkpoint's state dict (the pickle's 'model' entry), `module.` prefix allowed.
     allow_mismatch: top-level torch name parts whose shape mismatch only skips the tensor;
       any other mismatch raises.
@@ -266,8 +268,9 @@ def load_pretrained(params: Mapping, state: Mapping[str, Any], *,
   """
   rows = _vit_rows(_depth(strip_prefix(state), ''))
   source, report = _import(state, rows, '', False, None)
+  torch_shape = {k: np.shape(v) for k, v in strip_prefix(state).items()}
   targets = _flatten(params)
-  merged, written = dict(targets), set()
+  merged, written, loaded = dict(targets), set(), set()
   dests = _backbone_paths(params)
   for name, path, _ in rows:
     if name not in report.loaded:
@@ -285,16 +288,17 @@ def load_pretrained(params: Mapping, state: Mapping[str, Any], *,
       if target_shape is None:
         report.unknown.append(f'{name} (no param {"/".join(out)})')
       elif tuple(value.shape) != target_shape:
+        # Shapes in the checkpoint's own (torch) layout, then ours, so both are recognisable.
+        what = (f'{name}: checkpoint shape {tuple(torch_shape[name])} '
+                f'(as {tuple(value.shape)}) vs param shape {target_shape} at {"/".join(out)}')
         if name.split('.')[0] not in allow_mismatch:
-          raise ValueError(f'{name}: checkpoint shape {value.shape} vs param shape '
-                           f'{target_shape} at {"/".join(out)}')
-        report.mismatched.append(f'{name}: {value.shape} vs {target_shape}')
+          raise ValueError(what)
+        report.mismatched.append(what)
       else:
-        merged[out] = np.asarray(value, dtype=np.asarray(targets[out]).dtype)
+        merged[out] = np.asarray(value, dtype=targets[out].dtype)
         written.add(out)
-  report.loaded = sorted({name for name, path, _ in rows if any(
-      out in written for out in ([d + path[1:] for d in dests] if path[0] == 'backbone'
-                                 else [path]))})
+        loaded.add(name)
+  report.loaded = sorted(loaded)
   report.missing = ['/'.join(path) for path in targets
                     if any(path[:len(d)] == d for d in dests) and path not in written]
   if report.unknown:
