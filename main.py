@@ -6,6 +6,8 @@ Multi-host: pass --jax_distributed (TPU pods and SLURM/Open MPI clusters are det
 jax.distributed.initialize), or --coordinator_address/--num_processes/--process_id.
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -19,8 +21,14 @@ _PID = flags.DEFINE_integer('process_id', None, 'This process index.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _quiet_orbax(record) -> bool:
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+  return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   import jax  # Imported after flag parsing so that distributed init comes first.
   if _DIST.value or _COORD.value:
     jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,

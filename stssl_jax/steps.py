@@ -92,7 +92,7 @@ def train_step(state: TrainState, batch, *, model, algo, config, tx):
   ema = optax.incremental_update(params, state.ema_params, step_size=1.0 - config.ema_momentum)
   metrics.update(terms)
   metrics['loss'] = loss
-  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['grad_norm'] = optax.tree.norm(grads)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                             opt_state=opt_state, algo_state=algo_state)
   return new_state, metrics

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stssl_jax import algorithms, checkpoint, metrics as metrics_lib, optim, steps
 from stssl_jax.data import pipeline
-from stssl_jax.models import stssl as models
+from stssl_jax.models import convert, stssl as models
 from stssl_jax.train_state import TrainState
 
 
@@ -106,7 +106,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, progress = ckpt.restore(checkpoint.abstract_like(state, shardings), train_iter)
     logging.info('Resumed from %s at step %d', workdir, int(state.step))
   elif config.model.init_from:
-    raise NotImplementedError('config.model.init_from: pretrained loading is not wired yet')
+    state = _init_from(state, config.model.init_from)
 
   step_fn = steps.make_train_step(model=model, algo=algo, config=config, tx=tx)
   state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
@@ -182,6 +182,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(final, f, indent=2)
   return final
+
+
+def _init_from(state, path):
+  """Loads a pretrained ViT into every backbone; the EMA shadow starts equal to it."""
+  host = jax.device_get(state.params)
+  params, report = convert.load_pretrained(host, convert.read_state_dict(path),
+                                           return_report=True)
+  logging.info('Initialised from %s:\n%s', path, report)
+  shardings = jax.tree_util.tree_map(lambda x: x.sharding, state.params)
+  params = jax.device_put(params, shardings)
+  return state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params))
 
 
 def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding):

@@ -160,3 +160,23 @@ def test_data_parallel_8_devices_equals_1(name, tmp_path):
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert 'MAXDIFF' in out.stdout
+
+
+def test_init_from_pretrained_npz_fills_both_backbones(tmp_path):
+  """A timm-style checkpoint (1000-way head) initialises teacher and student backbones."""
+  from stssl_jax.models import convert  # pylint: disable=g-import-not-at-top
+  config = test_config.get_config('stssl_fixmatch')
+  state, _, _ = build(config)
+  src_model = models.PlainViT(variant='test', num_classes=1000)
+  src = src_model.init(jax.random.PRNGKey(7), jnp.zeros((1, 16, 16, 3)))['params']
+  path = tmp_path / 'vit_test_im1k.npz'
+  np.savez(path, **{('module.' + k): v for k, v in convert.to_torch_vit(jax.device_get(src)).items()})
+  new = train._init_from(state, str(path))
+  for branch in ('teacher', 'student'):
+    for a, b in zip(_leaves(src['backbone']), _leaves(new.params[branch]['backbone'])):
+      np.testing.assert_array_equal(a, b)
+    # Heads are skipped (1000 != 10 classes) and keep their fresh init.
+    np.testing.assert_array_equal(new.params[branch]['head']['kernel'],
+                                  state.params[branch]['head']['kernel'])
+  for a, b in zip(_leaves(new.params), _leaves(new.ema_params)):
+    np.testing.assert_array_equal(a, b)

@@ -6,11 +6,10 @@ infinite repeat) -> random_map (views):
   labeled    split `train_lb_{num_labels}` (`train` when num_labels == 0), weak view;
   unlabeled  split `train` (it includes the labeled images), weak + strong views.
 Every epoch is a fresh permutation seeded by (stream seed, epoch), so each record appears
-exactly once per pass over its split. A `_TrainBatches` MapDataset
-then makes element `step` the step's batch: labeled stream elements
-[step * B_l, (step + 1) * B_l) and unlabeled ones [step * B_u, (step + 1) * B_u), never
-partial. It is turned into an `IterDataset`, with `mp_prefetch` worker processes when
-config.data.num_workers > 0.
+exactly once per pass over its split. In `_TrainBatches`, element `step` is the step's
+batch: labeled stream elements [step * B_l, (step + 1) * B_l) and unlabeled ones
+[step * B_u, (step + 1) * B_u), never partial. It becomes an `IterDataset`, with
+`mp_prefetch` worker processes when config.data.num_workers > 0.
 
 Determinism. Every random choice is a function of (config.seed, stream, position in the
 stream): shuffles are seeded per stream and epoch, and `random_map` hands the transform a
@@ -123,8 +122,7 @@ class ResizedRecords(grain.MapDataset):
 
   def _resized(self, record: Mapping[str, Any]) -> dict[str, Any]:
     image = augment.resize(_checked_image(record), self._size)
-    return {'image': image, 'label': record['label'], 'lat': record['lat'],
-            'lon': record['lon'], 'date': record['date']}
+    return {'image': image, **_meta_fields(record)}
 
   def __getitem__(self, index):
     if isinstance(index, slice):
@@ -144,90 +142,6 @@ class ResizedRecords(grain.MapDataset):
   def __getstate__(self):
     # Worker processes start with an empty cache instead of a pickled copy.
     return {**self.__dict__, '_cache': {}}
-
-
-class WeakView:
-  """random_map transform: resized record -> {weak uint8 [S, S, 3], label, lat, lon, date}."""
-
-  def __init__(self, padding: int):
-    self.padding = padding
-
-  def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    return {'weak': augment.weak(record['image'], rng, self.padding), **_meta_fields(record)}
-
-
-class WeakStrongView:
-  """random_map transform: resized record -> {weak, strong uint8 [S, S, 3], label, ...}.
-
-  The two views' random draws follow each other on the record's generator, so they are
-  independent.
-  """
-
-  def __init__(self, padding: int, n_ops: int):
-    self.padding, self.n_ops = padding, n_ops
-
-  def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    return {'weak': augment.weak(record['image'], rng, self.padding),
-            'strong': augment.strong(record['image'], rng, self.padding, self.n_ops),
-            **_meta_fields(record)}
-
-
-class MetaEncoder:
-  """Rows' lat/lon/date -> float32 [B, 4], with the METHOD 1.4 switches and dummy date."""
-
-  def __init__(self, no_loc: bool, no_time: bool, dummy_date: str):
-    self.no_loc, self.no_time, self.dummy_date = no_loc, no_time, dummy_date
-
-  def __call__(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    lat, lon, dates = metadata.apply_switches(
-        [r['lat'] for r in rows], [r['lon'] for r in rows],
-        [r['date'] or self.dummy_date for r in rows], self.no_loc, self.no_time)
-    return metadata.encode(lat, lon, dates)
-
-
-def _labels(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-  """int32 [B] class indices (or [B, C] multi-hot)."""
-  return np.asarray([r['label'] for r in rows]).astype(np.int32)
-
-
-class _TrainBatches(grain.MapDataset):
-  """Infinite MapDataset whose element `step` is this process's part of batch `step`."""
-
-  def __init__(self, labeled: grain.MapDataset, unlabeled: grain.MapDataset,
-               lb_rows: range, ulb_rows: range, global_lb: int, global_ulb: int,
-               meta: MetaEncoder):
-    super().__init__([labeled, unlabeled])
-    self._lb_rows, self._ulb_rows = lb_rows, ulb_rows
-    self._global_lb, self._global_ulb = global_lb, global_ulb
-    self._meta = meta
-
-  def __len__(self) -> int:
-    return sys.maxsize
-
-  def __str__(self) -> str:
-    return f'_TrainBatches(lb_rows={self._lb_rows}, ulb_rows={self._ulb_rows})'
-
-  def __getitem__(self, step):
-    if isinstance(step, slice):
-      return self.slice(step)
-    labeled, unlabeled = self._parents
-    # pylint: disable=protected-access  # _getitems reads a whole batch from the source.
-    lb = labeled._getitems([step * self._global_lb + j for j in self._lb_rows])
-    ulb = unlabeled._getitems([step * self._global_ulb + j for j in self._ulb_rows])
-    # pylint: enable=protected-access
-    return {
-        'lb_image': augment.normalize(np.stack([r['weak'] for r in lb])),
-        'lb_label': _labels(lb),
-        'lb_meta': self._meta(lb),
-        'ulb_image_weak': augment.normalize(np.stack([r['weak'] for r in ulb])),
-        'ulb_image_strong': augment.normalize(np.stack([r['strong'] for r in ulb])),
-        'ulb_meta': self._meta(ulb),
-        'ulb_label': _labels(ulb),
-    }
-
-
-def _meta_encoder(config: ml_collections.ConfigDict) -> MetaEncoder:
-  return MetaEncoder(config.data.no_loc, config.data.no_time, config.data.dummy_date)
 
 
 class EpochShuffle(grain.MapDataset):
@@ -282,6 +196,87 @@ class EpochShuffle(grain.MapDataset):
     return {**self.__dict__, '_perms': {}}
 
 
+class WeakView:
+  """random_map transform: resized record -> {weak uint8 [S, S, 3], label, lat, lon, date}."""
+
+  def __init__(self, padding: int):
+    self.padding = padding
+
+  def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    return {'weak': augment.weak(record['image'], rng, self.padding), **_meta_fields(record)}
+
+
+class WeakStrongView:
+  """random_map transform: resized record -> {weak, strong uint8 [S, S, 3], label, ...}.
+
+  The two views' random draws follow each other on the record's generator, so they are
+  independent.
+  """
+
+  def __init__(self, padding: int, n_ops: int):
+    self.padding, self.n_ops = padding, n_ops
+
+  def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    return {'weak': augment.weak(record['image'], rng, self.padding),
+            'strong': augment.strong(record['image'], rng, self.padding, self.n_ops),
+            **_meta_fields(record)}
+
+
+class MetaEncoder:
+  """Rows' lat/lon/date -> float32 [B, 4], with the METHOD 1.4 switches and dummy date."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.no_loc, self.no_time = config.data.no_loc, config.data.no_time
+    self.dummy_date = config.data.dummy_date
+
+  def __call__(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    lat, lon, dates = metadata.apply_switches(
+        [r['lat'] for r in rows], [r['lon'] for r in rows],
+        [r['date'] or self.dummy_date for r in rows], self.no_loc, self.no_time)
+    return metadata.encode(lat, lon, dates)
+
+
+def _labels(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+  """int32 [B] class indices (or [B, C] multi-hot)."""
+  return np.asarray([r['label'] for r in rows]).astype(np.int32)
+
+
+class _TrainBatches(grain.MapDataset):
+  """Infinite MapDataset whose element `step` is this process's part of batch `step`."""
+
+  def __init__(self, labeled: grain.MapDataset, unlabeled: grain.MapDataset,
+               lb_rows: range, ulb_rows: range, global_lb: int, global_ulb: int,
+               meta: MetaEncoder):
+    super().__init__([labeled, unlabeled])
+    self._lb_rows, self._ulb_rows = lb_rows, ulb_rows
+    self._global_lb, self._global_ulb = global_lb, global_ulb
+    self._meta = meta
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f'_TrainBatches(lb_rows={self._lb_rows}, ulb_rows={self._ulb_rows})'
+
+  def __getitem__(self, step):
+    if isinstance(step, slice):
+      return self.slice(step)
+    labeled, unlabeled = self._parents
+    # pylint: disable=protected-access  # _getitems reads a whole batch from the source.
+    lb = labeled._getitems([step * self._global_lb + j for j in self._lb_rows])
+    ulb = unlabeled._getitems([step * self._global_ulb + j for j in self._ulb_rows])
+    # pylint: enable=protected-access
+    return {
+        'lb_image': augment.normalize(np.stack([r['weak'] for r in lb])),
+        'lb_label': _labels(lb),
+        'lb_meta': self._meta(lb),
+        'ulb_image_weak': augment.normalize(np.stack([r['weak'] for r in ulb])),
+        'ulb_image_strong': augment.normalize(np.stack([r['strong'] for r in ulb])),
+        'ulb_meta': self._meta(ulb),
+        'ulb_label': _labels(ulb),
+    }
+
+
 def _stream(source: Sequence[Mapping[str, Any]], size: int, seed: int, stream: int,
             view) -> grain.MapDataset:
   """source -> resize (memoised) -> per-epoch shuffle, forever -> per-element random view."""
@@ -317,7 +312,7 @@ def train_dataset(config: ml_collections.ConfigDict,
                       WeakStrongView(pad, config.data.randaugment_n))
   batches = _TrainBatches(labeled, unlabeled, _local_rows(b_l, p, n, 'batch_size'),
                           _local_rows(b_u, p, n, 'uratio * batch_size'), b_l, b_u,
-                          _meta_encoder(config))
+                          MetaEncoder(config))
   prefetch = config.data.prefetch
   # One reader thread per process overlaps batch making with training; grain's default
   # (16 threads, 500 elements) would compute hundreds of batches ahead.
@@ -376,7 +371,7 @@ def eval_batches_from_source(config: ml_collections.ConfigDict,
   b = config.eval_batch_size
   rows = _local_rows(b, p, n, 'eval_batch_size')
   size = config.data.image_size
-  meta = _meta_encoder(config)
+  meta = MetaEncoder(config)
   total = len(source)
   # Label shape from a real record: a process's slice of the last batch may be all padding.
   label_shape = np.shape(source[0]['label']) if total else ()

@@ -15,6 +15,7 @@ params, reporting unknown keys and shape mismatches.
 """
 
 import dataclasses
+import os
 import re
 from typing import Any, Iterable, Mapping, Optional
 
@@ -308,3 +309,36 @@ def load_pretrained(params: Mapping, state: Mapping[str, Any], *,
   for path, value in merged.items():
     _set(out, path, value)
   return (out, report) if return_report else out
+
+
+def read_state_dict(path: str) -> dict:
+  """Reads a checkpoint file into {torch name: numpy array}; never downloads anything.
+
+  .npz: arrays keyed by state_dict names. .safetensors: needs the `safetensors` package.
+  .pth/.pt: needs torch (optional); a top-level 'model' (or 'state_dict') entry is unwrapped,
+  as in the USB release files.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config.model.init_from: no such file {path!r}')
+  if path.endswith('.npz'):
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  if path.endswith('.safetensors'):
+    try:
+      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f'reading {path} needs the safetensors package') from e
+    return load_file(path)
+  if path.endswith(('.pth', '.pt')):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f'reading {path} needs torch (pip install torch); or convert it to '
+                        '.npz once elsewhere') from e
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+    for key in ('model', 'state_dict'):
+      if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+        obj = obj[key]
+    return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+  raise ValueError(f'config.model.init_from: unsupported file type {path!r} '
+                   '(expected .npz, .safetensors, .pth or .pt)')
