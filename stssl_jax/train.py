@@ -155,7 +155,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     if done % config.eval_every == 0 or done == config.num_steps:
       with report.timed('eval'):
-        final = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh)
+        final = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh, workdir,
+                              done)
       writer.write_scalars(done, final)
       key = f'{image_branch}/top1'
       if final[key] > progress['best_metric']:
@@ -195,14 +196,25 @@ def _init_from(state, path):
   return state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params))
 
 
-def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding):
-  """EMA model without metadata, and (STSSL) the EMA teacher with metadata, separately."""
+def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding, workdir, step):
+  """EMA model without metadata, and (STSSL) the EMA teacher with metadata, separately.
+
+  Scalars are returned for TensorBoard; the full summaries, confusion matrices included, go
+  to WORKDIR/eval/step_<step>.json.
+  """
   split = config.data.eval_split
-  out = _scalars(image_branch, evaluate(state.ema_params, eval_fn, config, split,
-                                        image_branch, sharding))
-  if algo.stssl and config.eval_teacher:
-    out.update(_scalars('teacher', evaluate(state.ema_params, eval_fn, config, split,
-                                            'teacher', sharding)))
+  branches = [image_branch] + (['teacher'] if algo.stssl and config.eval_teacher else [])
+  full, out = {}, {}
+  for branch in branches:
+    summary = evaluate(state.ema_params, eval_fn, config, split, branch, sharding)
+    out.update(_scalars(branch, summary))
+    full[branch] = {k: np.asarray(v).tolist() for k, v in summary.items()}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
+    tmp = os.path.join(workdir, 'eval', f'.step_{step}.json.tmp')
+    with open(tmp, 'w') as f:
+      json.dump({'step': step, 'split': split, **full}, f)
+    os.replace(tmp, os.path.join(workdir, 'eval', f'step_{step}.json'))
   return out
 
 

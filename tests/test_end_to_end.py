@@ -1,5 +1,6 @@
 """End to end on the bundled real EuroSAT sample: exact resume, config errors, the demo."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -83,3 +84,12 @@ def test_demo_command_prints_metrics_and_leaves_artifacts(prepared, tmp_path):
   assert list(workdir.glob('events.out.tfevents*'))
   assert (workdir / 'checkpoints' / '6').is_dir()
   assert (workdir / 'best').is_dir()
+  conf = json.loads((workdir / 'eval' / 'step_6.json').read_text())['student']['confusion']
+  np.testing.assert_allclose(np.sum(conf, axis=1), 1.0, atol=1e-9)  # Row-normalised, 10x10.
+  assert np.shape(conf) == (10, 10)
+
+
+def test_nan_loss_stops_with_the_step(prepared, tmp_path):
+  config = _config(prepared, lr=float('nan'), warmup_steps=0)
+  with pytest.raises(FloatingPointError, match='loss is nan at step 2'):
+    train.train_and_evaluate(config, str(tmp_path / 'nan'))
