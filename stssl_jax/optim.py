@@ -12,7 +12,8 @@ def lr_schedule(base_lr: float, warmup: int, total: int, factor: float = 7 / 16)
   (T - W)))`. With warm-up the very first update has LR 0, as in the original.
   """
   def schedule(count):
-    t = jnp.asarray(count, jnp.float32)
+    # The default float type: float32 normally, float64 in the x64 parity tests.
+    t = jnp.asarray(count, jnp.result_type(float))
     warm = t / max(warmup, 1)
     progress = (t - warmup) / max(total - warmup, 1)
     cos = jnp.maximum(0.0, jnp.cos(jnp.pi * factor * progress))

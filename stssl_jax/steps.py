@@ -40,18 +40,17 @@ def _pseudo_label_quality(targets, true_labels, multilabel):
           'pl_acc_all': jnp.mean(correct)}
 
 
-def train_step(state: TrainState, batch, *, model, algo, config, tx):
-  """One optimizer update: forwards, losses, AdamW, EMA and the algorithm-state update.
+def loss_and_grads(state: TrainState, batch, *, model, algo, config):
+  """Forwards, pseudo-labels, losses and gradients of one step (no update yet).
 
   Args:
-    state: TrainState (donated by the caller).
+    state: TrainState.
     batch: dict of global arrays (module docstring).
     model: PlainViT or STSSLModel.
     algo: algorithms.Algorithm.
     config: run config.
-    tx: optax GradientTransformation.
   Returns:
-    (new TrainState, metrics dict of scalars).
+    (grads like state.params, new algorithm state, metrics dict of scalars).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   k_weak, k_t, k_s = jax.random.split(rng, 3)
@@ -87,11 +86,29 @@ def train_step(state: TrainState, batch, *, model, algo, config, tx):
     return loss, terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics.update(terms)
+  metrics['loss'] = loss
+  return grads, algo_state, metrics
+
+
+def train_step(state: TrainState, batch, *, model, algo, config, tx):
+  """One optimizer update: forwards, losses, AdamW, EMA and the algorithm-state update.
+
+  Args:
+    state: TrainState (donated by the caller).
+    batch: dict of global arrays (module docstring).
+    model: PlainViT or STSSLModel.
+    algo: algorithms.Algorithm.
+    config: run config.
+    tx: optax GradientTransformation.
+  Returns:
+    (new TrainState, metrics dict of scalars).
+  """
+  grads, algo_state, metrics = loss_and_grads(state, batch, model=model, algo=algo,
+                                              config=config)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = optax.incremental_update(params, state.ema_params, step_size=1.0 - config.ema_momentum)
-  metrics.update(terms)
-  metrics['loss'] = loss
   metrics['grad_norm'] = optax.tree.norm(grads)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                             opt_state=opt_state, algo_state=algo_state)
