@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stssl_jax import algorithms, checkpoint, metrics as metrics_lib, optim, steps
 from stssl_jax.data import pipeline
-from stssl_jax.models import convert, stssl as models
+from stssl_jax.models import convert, posemb, stssl as models
 from stssl_jax.train_state import TrainState
 
 
@@ -188,8 +188,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _init_from(state, path):
   """Loads a pretrained ViT into every backbone; the EMA shadow starts equal to it."""
   host = jax.device_get(state.params)
-  params, report = convert.load_pretrained(host, convert.read_state_dict(path),
-                                           return_report=True)
+  sd = convert.strip_prefix(convert.read_state_dict(path))
+  backbone = host['teacher']['backbone'] if 'teacher' in host else host['backbone']
+  n_target = backbone['pos_embed'].shape[1] - 1
+  if 'pos_embed' in sd and sd['pos_embed'].shape[1] - 1 != n_target:
+    logging.info('Resizing pos_embed %s to %d patches (bicubic, PyTorch semantics)',
+                 sd['pos_embed'].shape, n_target)
+    sd['pos_embed'] = posemb.resize_pos_embed(sd['pos_embed'], n_target)
+  params, report = convert.load_pretrained(host, sd, return_report=True)
   logging.info('Initialised from %s:\n%s', path, report)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state.params)
   params = jax.device_put(params, shardings)

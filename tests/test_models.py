@@ -135,7 +135,7 @@ def test_test_variant_tree_layout():
 
 
 def test_stssl_forward_parity(x64):
-  data = _load('stssl_fixmatch_single_forward.npz')
+  data = _load('stssl_fixmatch_single.npz')
   state = {k[len('param/'):]: v for k, v in data.items() if k.startswith('param/')}
   params, report = convert.from_torch_stssl(state, return_report=True)
   assert sorted(report.ignored) == sorted(f'{b}_backbone.head.{w}' for b in ('joint', 'student')
@@ -169,7 +169,7 @@ def test_stssl_forward_parity(x64):
 
 
 def test_plain_vit_forward_parity(x64):
-  data = _load('fixmatch_single_forward.npz')
+  data = _load('fixmatch_single.npz')
   params = convert.from_torch_vit({k[6:]: v for k, v in data.items() if k.startswith('param/')})
   x = np.concatenate([_nhwc(data[f'input/0/{s}']) for s in ('x_lb', 'x_ulb_w', 'x_ulb_s')])
   logits, feats = _apply(stssl.PlainViT('test', 10), params, x, train=True)
@@ -179,8 +179,8 @@ def test_plain_vit_forward_parity(x64):
 
 
 def test_student_without_placeholder_parity(x64):
-  data = _load('stssl_nodistill_student_forward.npz')
-  state = {k[6:]: v for k, v in data.items() if k.startswith('param/')}
+  data = _load('stssl_fixmatch_nodistill.npz')
+  state = {k[6:]: v for k, v in data.items() if k.startswith('param/student')}
   params, report = convert.from_torch_stssl(state, placeholder=False, strict=False,
                                             return_report=True)
   assert report.ignored == ['student_backbone.metainfo_pos_embed',
@@ -199,7 +199,7 @@ def test_student_without_placeholder_parity(x64):
 
 
 def test_convert_roundtrip_and_errors():
-  data = _load('stssl_fixmatch_single_forward.npz')
+  data = _load('stssl_fixmatch_single.npz')
   state = {k[6:]: v for k, v in data.items() if k.startswith('param/')}
   params = convert.from_torch_stssl({'module.' + k: v for k, v in state.items()})
   back = convert.to_torch_stssl(params)
@@ -225,7 +225,7 @@ def test_convert_roundtrip_and_errors():
 
 
 def test_load_pretrained_timm_checkpoint():
-  data = _load('fixmatch_single_forward.npz')
+  data = _load('fixmatch_single.npz')
   ckpt = {k[6:]: v.astype(np.float32) for k, v in data.items() if k.startswith('param/')}
   ckpt['head.weight'] = np.zeros((1000, 32), np.float32)  # ImageNet-1k classifier
   ckpt['head.bias'] = np.zeros((1000,), np.float32)

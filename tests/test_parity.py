@@ -32,13 +32,13 @@ GRAD = dict(rtol=1e-8, atol=1e-11)
 PARAM = dict(rtol=0, atol=1e-10)
 
 CASES = ['stssl_fixmatch_single', 'stssl_fixmatch_multilabel', 'stssl_fixmatch_nodistill',
-         'fixmatch_single', 'fixmatch_multilabel']
+         'fixmatch_single', 'fixmatch_multilabel', 'supervised']
 
 
 def parity_config(z):
   meta = json.loads(str(z['meta/config_json']))
   args = meta['args_effective']
-  cut = z['meta/p_cutoff']
+  cut = np.asarray(z.get('meta/p_cutoff', args['p_cutoff']))
   stssl = meta['algorithm'].startswith('stssl_')
   c = ml_collections.ConfigDict({
       'algorithm': meta['algorithm'], 'multilabel': bool(args['multilabel']),
@@ -61,6 +61,9 @@ def nhwc(x):
 
 
 def batch_of(z, s, stssl):
+  if f'input/{s}/x_ulb_w' not in z:  # Supervised: only the labeled rows exist (and are used).
+    z = dict(z, **{f'input/{s}/x_ulb_w': z[f'input/{s}/x_lb'],
+                   f'input/{s}/x_ulb_s': z[f'input/{s}/x_lb']})
   n_lb, n_ulb = z[f'input/{s}/x_lb'].shape[0], z[f'input/{s}/x_ulb_w'].shape[0]
   meta_lb = z[f'input/{s}/metainfo_lb'] if stssl else np.zeros((n_lb, 4))
   meta_ulb = z[f'input/{s}/metainfo_ulb'] if stssl else np.zeros((n_ulb, 4))
@@ -127,15 +130,22 @@ def test_train_step_parity(case):
       frozen = set(str(n) for n in z[f'meta/{s}/params_without_grad'])
       batch = batch_of(z, s, algo.stssl)
       out = lambda k: z[f'out/{s}/{k}']
-      _check_forward(model, state.params, batch, out, config, algo.stssl)
+      if algo.uses_unlabeled:
+        _check_forward(model, state.params, batch, out, config, algo.stssl)
+      else:
+        logits, feats = model.apply({'params': state.params}, batch['lb_image'])
+        np.testing.assert_allclose(logits, out('logits_lb'), **FWD)
+        np.testing.assert_allclose(feats['cls'], out('cls_feat'), **FWD)
       grads, _, metrics = grads_fn(state, batch)
       if algo.stssl:
         pairs = {'teacher/sup_loss': 'loss_sup_teacher', 'teacher/unsup_loss': 'loss_unsup_teacher',
                  'student/sup_loss': 'loss_sup_student', 'student/unsup_loss': 'loss_unsup_student',
                  'teacher/loss': 'loss_teacher_total', 'student/loss': 'loss_student_total',
                  'student/distill_loss': 'loss_distill', 'loss': 'loss_backprop'}
-      else:
+      elif algo.uses_unlabeled:
         pairs = {'sup_loss': 'loss_sup', 'unsup_loss': 'loss_unsup', 'loss': 'loss_backprop'}
+      else:
+        pairs = {'sup_loss': 'loss_sup', 'loss': 'loss_backprop'}
       for ours, theirs in pairs.items():
         # Quirk Q3: with distillation 'none' the original's losses have shape (1,).
         np.testing.assert_allclose(metrics[ours], np.reshape(out(theirs), ()),
