@@ -42,7 +42,8 @@ def get_config(arg=None):
   # ---- Algorithm -------------------------------------------------------------------------
   c.algorithm = 'stssl_fixmatch'  # supervised | fixmatch | stssl_fixmatch.
   c.multilabel = False  # Multi-label (sigmoid/BCE) instead of single-label (softmax/CE).
-  c.threshold = 0.95  # FixMatch tau (single-label), METHOD 4.
+  # FixMatch confidence threshold (METHOD 4): (tau,) or, multi-label only, (tau_neg, tau_pos).
+  c.threshold = (0.95,)
   c.lambda_u = 1.0  # Weight of the unlabeled consistency term.
   c.distill = 'mse'  # STSSL distillation: mse | mae | cos | none.
   c.lambda_d = 0.01  # Weight of the distillation term (EuroSAT 0.01).

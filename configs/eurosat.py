@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.model.variant = 'S/2'
   c.model.num_classes = 10
   c.algorithm = algo
-  c.threshold = 0.95
+  c.threshold = (0.95,)
   c.lambda_u = 1.0
   c.distill = 'mse'
   c.lambda_d = 0.01
@@ -54,7 +54,7 @@ def get_config(arg=None):
     c.num_steps, c.warmup_steps = 300, 20
     c.lr = 1e-3
     c.ema_momentum = 0.0 if algo == 'supervised' else 0.95
-    c.threshold = 0.7
+    c.threshold = (0.7,)
     c.lambda_d = 0.1
     c.eval_every, c.eval_batch_size = 100, 64
     c.log_every, c.checkpoint_every = 25, 100

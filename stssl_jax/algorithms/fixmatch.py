@@ -33,9 +33,16 @@ class Targets(NamedTuple):
 
 
 def threshold_of(config):
-  """Scalar tau, or a (neg, pos) pair for multi-label configs."""
+  """Scalar tau from `(tau,)` (or a bare number), or a (neg, pos) pair for multi-label."""
   t = config.threshold
-  return tuple(t) if isinstance(t, (tuple, list)) else float(t)
+  if not isinstance(t, (tuple, list)):
+    return float(t)
+  if len(t) == 1:
+    return float(t[0])
+  if len(t) == 2 and config.multilabel:
+    return (float(t[0]), float(t[1]))
+  raise ValueError(f'config.threshold must be (tau,) or, for multi-label, (tau_neg, tau_pos); '
+                   f'got {t!r}')
 
 
 def init_state(config, num_classes) -> State:
