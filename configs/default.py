@@ -64,6 +64,7 @@ def get_config(arg=None):
   c.eval_every = 2048  # Evaluate after steps with (step + 1) % K == 0 and after the last.
   c.eval_batch_size = 16  # Global eval batch (padded and masked).
   c.patience = 32_768  # Early stopping: stop when step - best_step >= patience.
+  c.f1_threshold = 0.5  # Multi-label F1 predicts `logit > this` (METHOD 9: the original's rule).
   c.eval_teacher = True  # Also evaluate the EMA teacher with metadata (logged separately).
   c.log_every = 50  # Steps between training-metric writes (the only host syncs).
   c.checkpoint_every = 1024  # Steps between checkpoints.

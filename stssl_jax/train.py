@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stssl_jax import algorithms, checkpoint, metrics as metrics_lib, optim, steps
+from stssl_jax import metrics_multilabel as metrics_ml
 from stssl_jax.data import pipeline
 from stssl_jax.models import convert, posemb, stssl as models
 from stssl_jax.train_state import TrainState
@@ -69,11 +70,23 @@ def create_state(config, model, algo, rng, mesh):
 
 
 def evaluate(params, eval_fn, config, split, branch, sharding):
-  """Metrics of `params` on a whole split (padded batches, nothing dropped)."""
-  acc = None
+  """Metrics of `params` on a whole split (padded batches, nothing dropped).
+
+  Single-label accumulates confusion counts on device; multi-label gathers the valid rows'
+  logits to the host, since AP needs every score.
+  """
+  acc, logits, labels = None, [], []
   for batch in pipeline.eval_batches(config, split):
     out = eval_fn(params, _global_batch(batch, sharding), branch)
-    acc = out if acc is None else jax.tree_util.tree_map(jnp.add, acc, out)
+    if config.multilabel:
+      keep = np.asarray(jax.device_get(out['mask']))
+      logits.append(np.asarray(jax.device_get(out['logits']))[keep])
+      labels.append(np.asarray(jax.device_get(out['label']))[keep])
+    else:
+      acc = out if acc is None else jax.tree_util.tree_map(jnp.add, acc, out)
+  if config.multilabel:
+    return metrics_ml.summarize(np.concatenate(logits), np.concatenate(labels),
+                                config.f1_threshold)
   acc = jax.device_get(acc)
   return metrics_lib.summarize(acc['confusion'], acc['loss_sum'], acc['count'])
 
@@ -82,12 +95,12 @@ def _scalars(prefix, summary):
   return {f'{prefix}/{k}': float(v) for k, v in summary.items() if np.ndim(v) == 0}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, return_state: bool = False):
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
 
   Returns:
     dict with the final evaluation metrics ('student/top1', 'teacher/top1', ...), the best
-    metric and its step.
+    metric and its step; with `return_state`, also the final TrainState.
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
@@ -114,6 +127,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
 
   def eval_impl(params, batch, branch):
+    if config.multilabel:
+      logits, _ = steps._forward(model, params, batch['image'], batch['meta'], None, False,
+                                 branch)  # pylint: disable=protected-access
+      return {'logits': logits, 'label': batch['label'], 'mask': batch['mask']}
     return steps.eval_step(params, batch, model=model, config=config, branch=branch)
   eval_fn = jax.jit(eval_impl, static_argnums=(2,), out_shardings=repl)
   image_branch = 'student' if algo.stssl else 'plain'
@@ -158,7 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         final = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh, workdir,
                               done)
       writer.write_scalars(done, final)
-      key = f'{image_branch}/top1'
+      key = f'{image_branch}/' + ('macro_map' if config.multilabel else 'top1')
       if final[key] > progress['best_metric']:
         progress.update(best_metric=final[key], best_step=done)
         ckpt.save_best(done, state.ema_params, dict(progress))
@@ -182,7 +199,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(final, f, indent=2)
-  return final
+  return (final, state) if return_state else final
 
 
 def _init_from(state, path):
