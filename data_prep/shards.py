@@ -197,7 +197,7 @@ class SplitSummary:
 def load_summaries(tasks: Sequence[Task], work: pathlib.Path) -> dict[str, SplitSummary]:
   """Reads the done-markers of all tasks (all must exist) into per-split summaries."""
   out: dict[str, SplitSummary] = {}
-  for task in sorted(tasks, key=lambda t: (t.split, t.shard)):
+  for task in tasks:  # make_tasks order: split by split, shards in order.
     data_path, done_path = _paths(work, task)
     with open(done_path) as f:
       s = json.load(f)

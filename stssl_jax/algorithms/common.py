@@ -1,16 +1,41 @@
-"""Shared SSL maths (METHOD 4), written once for single-label and multi-label.
+"""Shared SSL maths (METHOD 4, 7), written once for single-label and multi-label.
 
 Shapes: `B` rows, `C` classes. Single-label labels/pseudo-labels are int [B]; multi-label
 ones are multi-hot float [B, C]. Masks are [B] (single-label) or [B, C] (multi-label).
+
+Also the pieces several algorithms share: the `Extras` a base algorithm's `make_targets` may
+receive, the EMA of running statistics, distribution alignment (SoftMatch, UDAL) and the
+asymmetric loss (CAP).
 """
 
-from typing import Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
 Threshold = Union[float, Sequence[float]]
+
+
+class Extras(NamedTuple):
+  """Detached inputs of `make_targets` beyond the weak unlabeled logits (protocol, fixmatch.py).
+
+  weak_lb: [B_l, C] the pseudo-labeller's logits on the weak labeled view (algorithms that
+    declare 'weak_lb' in `needs(config)`: SoftMatch/UDAL p_target, DeFixMatch anti-labels).
+  bias: [1, C] logits of the blank (all-ones) image (algorithms that declare 'bias': CDMAD).
+  """
+  weak_lb: Optional[jax.Array] = None
+  bias: Optional[jax.Array] = None
+
+
+def float_dtype():
+  """The default float type: float32, or float64 under `jax.enable_x64` (parity tests)."""
+  return jnp.result_type(float)
+
+
+def ema_update(average, value, momentum: float):
+  """`average * m + (1 - m) * value`, the running-statistics EMA of every hook (METHOD 7)."""
+  return average * momentum + (1 - momentum) * value
 
 
 def probs(logits, multilabel: bool):
@@ -56,8 +81,15 @@ def elementwise_loss(logits, targets, multilabel: bool):
 
 
 def sup_loss(logits, labels, multilabel: bool):
-  """Supervised loss: mean CE over B, or BCE averaged over all B*C entries. Scalar."""
-  return jnp.mean(elementwise_loss(logits, labels, multilabel))
+  """Supervised loss: mean CE over B, or BCE averaged over all B*C entries. Scalar.
+
+  Multi-label entries labelled -1 are ignored: `sum(l * w) / sum(w)` with `w = (y != -1)`,
+  as the original BCELoss (fixture quirk Q15); without -1 this is the mean over B*C.
+  """
+  if not multilabel:
+    return jnp.mean(elementwise_loss(logits, labels, multilabel))
+  keep = (labels != -1).astype(logits.dtype)
+  return jnp.sum(elementwise_loss(logits, labels, True) * keep) / jnp.sum(keep)
 
 
 def consistency_loss(logits, targets, weight, multilabel: bool):
@@ -99,3 +131,70 @@ def distill_loss(h_student, h_teacher, kind: str):
   if kind == 'none':
     return jnp.zeros((), h_student.dtype)
   raise ValueError(f'unknown distillation loss {kind!r}; expected mse, mae, cos or none')
+
+
+class DistAlign(NamedTuple):
+  """Distribution-alignment estimates (the original DistAlignEMAHook, METHOD 7.2/7.6).
+
+  p_model: [C] EMA of the batch-mean weak unlabeled probabilities; the first batch sets it.
+  p_target: [C] uniform, an EMA of the batch-mean labeled probabilities, or a fixed prior.
+  started: bool scalar, whether p_model holds a batch yet.
+  """
+  p_model: jax.Array
+  p_target: jax.Array
+  started: jax.Array
+
+
+def dist_align_init(num_classes: int, multilabel: bool, prior=None) -> DistAlign:
+  """Uniform target (1/C, or 1/2 per class for multi-label) unless a fixed `prior` [C]."""
+  dtype = float_dtype()
+  if prior is None:
+    target = jnp.full((num_classes,), 0.5 if multilabel else 1.0 / num_classes, dtype)
+  else:
+    target = jnp.asarray(prior, dtype)
+  return DistAlign(jnp.zeros((num_classes,), dtype), target, jnp.zeros((), bool))
+
+
+def dist_align_update(state: DistAlign, p_ulb, momentum: float, p_lb=None) -> DistAlign:
+  """EMA update from detached probs p_ulb [B_u, C] (and p_lb [B_l, C] to track p_target)."""
+  mean = jnp.mean(p_ulb, axis=0)
+  p_model = jnp.where(state.started, ema_update(state.p_model, mean, momentum), mean)
+  p_target = state.p_target
+  if p_lb is not None:
+    p_target = ema_update(p_target, jnp.mean(p_lb, axis=0), momentum)
+  return DistAlign(p_model, p_target, jnp.ones((), bool))
+
+
+def dist_align(p, state: DistAlign, multilabel: bool):
+  """Aligned probabilities [B, C]: `p * (pt + 1e-6) / (pbar + 1e-6)`, renormalised.
+
+  Single-label renormalises over classes; multi-label aligns each class's positive and
+  negative mass and returns `A / (A + B)`.
+  """
+  pos = p * (state.p_target + 1e-6) / (state.p_model + 1e-6)
+  if not multilabel:
+    return pos / jnp.sum(pos, axis=-1, keepdims=True)
+  neg = (1 - p) * (1 - state.p_target + 1e-6) / (1 - state.p_model + 1e-6)
+  return pos / (neg + pos)
+
+
+def asymmetric_loss(logits, targets, gamma_pos: float, gamma_neg: float, clip: float,
+                    eps: float):
+  """Element-wise asymmetric loss (ASL, METHOD 7.4), positive, [B, C].
+
+  `-(y log(max(p, eps)) + (1-y) log(max(p-, eps))) * w` with `p = sigmoid(z)`,
+  `p- = min(1 - p + clip, 1)` and the focusing weight `w = (1 - pt)^gamma` computed without
+  gradient, `pt = p y + p- (1-y)`, `gamma = gamma_pos y + gamma_neg (1-y)`.
+  """
+  targets = targets.astype(logits.dtype)
+  p = jax.nn.sigmoid(logits)
+  p_neg = 1 - p
+  if clip > 0:
+    p_neg = jnp.minimum(p_neg + clip, 1.0)
+  loss = (targets * jnp.log(jnp.maximum(p, eps))
+          + (1 - targets) * jnp.log(jnp.maximum(p_neg, eps)))
+  if gamma_pos > 0 or gamma_neg > 0:
+    pt = p * targets + p_neg * (1 - targets)
+    gamma = gamma_pos * targets + gamma_neg * (1 - targets)
+    loss = loss * jax.lax.stop_gradient(jnp.power(1 - pt, gamma))
+  return -loss

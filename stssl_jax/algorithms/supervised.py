@@ -11,8 +11,8 @@ class State(NamedTuple):
   """No running statistics."""
 
 
-def init_state(config, num_classes) -> State:
-  del config, num_classes
+def init_state(config, num_classes, lb_prevalence=None) -> State:
+  del config, num_classes, lb_prevalence
   return State()
 
 

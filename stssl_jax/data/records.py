@@ -56,7 +56,8 @@ _DATE_RE = re.compile(r'^\d{4}-\d{1,2}-\d{1,2} \d{1,2}:\d{2}:\d{2}$')
 _IMAGE_DTYPES = ('uint8', 'uint16')
 _IMAGE_ENCODINGS = ('none', 'bytes', 'zlib')  # tfds.features.Tensor encodings.
 # load_info keys whose JSON object keys are numbers (label counts or label fractions).
-_NUMBER_KEYED = ('labeled_splits', 'labeled_indices', 'lb_prevalence', 'lb_prevalence19')
+_NUMBER_KEYED = ('labeled_splits', 'labeled_indices', 'labeled_draw', 'lb_prevalence',
+                 'lb_prevalence19')
 
 
 @dataclasses.dataclass(frozen=True)
