@@ -14,11 +14,14 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval_shift', 'report'],
+                          'train (resumes by itself), eval_shift (metadata-shift evaluation of '
+                          'a trained workdir) or report (HTML run report of a workdir).')
 _DIST = flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize().')
 _COORD = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PID = flags.DEFINE_integer('process_id', None, 'This process index.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def _quiet_orbax(record) -> bool:
@@ -33,7 +36,18 @@ def main(argv):
   if _DIST.value or _COORD.value:
     jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                process_id=_PID.value)
-  from stssl_jax import train
+  if _MODE.value == 'report':
+    from stssl_jax import report  # pylint: disable=g-import-not-at-top
+    print('Report:', report.write_report(_WORKDIR.value))
+    return
+  if _CONFIG.value is None:
+    raise app.UsageError('--config is required for --mode=train and --mode=eval_shift')
+  if _MODE.value == 'eval_shift':
+    from stssl_jax import shift_eval  # pylint: disable=g-import-not-at-top
+    shift_eval.run(_CONFIG.value, _WORKDIR.value)
+    print(open(f'{_WORKDIR.value}/shift_eval/shift_eval.md').read())
+    return
+  from stssl_jax import train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -27,6 +27,14 @@ def get_config(arg=None):
   c.data.num_workers = 0  # grain worker processes per host (0 = in-process).
   c.data.prefetch = 2  # Batches each worker prefetches.
   c.data.randaugment_n = 3  # Ops per strong view (USB RandAugment(3, 5); m is ignored).
+  c.data.label_set = 'label'  # Record field with the labels: 'label' or (BigEarthNet) 'label19'.
+  c.data.label_fraction = 0.0  # BigEarthNet labeled fraction (0.005..0.08); 0 = use num_labels.
+  c.data.sampler = 'seeded'  # 'seeded' (by seed, per pass) | 'original' (by epoch, METHOD 3.6).
+  c.data.sampler_epochs = 200  # E of the 'original' sampler (EuroSAT 200, BigEarthNet 1).
+  c.data.cache_max_bytes = 1 << 30  # Prepared-image cache per stream and process (or worker).
+  c.data.ms_policy = 'kornia_0_7_2'  # Multi-band RandAugment: kornia_0_7_0 | _0_7_2 | _0_7_3.
+  c.data.ms_posterize_quirk = True  # [QUIRK] kornia 0.7 posterizes to 0 bits (black); False: 4.
+  c.data.ms_solarize_add_threshold = -1.0  # < 0: U(0, 1) per image (kornia 0.7); else fixed.
   c.data.no_loc = False  # METHOD 1.4: lat = lon = 0 everywhere.
   c.data.no_time = False  # METHOD 1.4: every date 2017-01-01.
   c.data.dummy_date = '2000-1-1 00:00:00'  # Date for datasets without dates (EuroSAT).
@@ -40,14 +48,54 @@ def get_config(arg=None):
   c.dtype = 'float32'  # Compute dtype; params and optimizer state stay float32.
 
   # ---- Algorithm -------------------------------------------------------------------------
-  c.algorithm = 'stssl_fixmatch'  # supervised | fixmatch | stssl_fixmatch.
+  # supervised | st_supervised | X | stssl_X, X in fixmatch, freematch, softmatch,
+  # defixmatch, cap, cdmad, udal (stssl_jax.algorithms.names()).
+  c.algorithm = 'stssl_fixmatch'
   c.multilabel = False  # Multi-label (sigmoid/BCE) instead of single-label (softmax/CE).
-  # FixMatch confidence threshold (METHOD 4): (tau,) or, multi-label only, (tau_neg, tau_pos).
+  # Fixed confidence threshold (METHOD 4; FixMatch, DeFixMatch, CDMAD, UDAL): (tau,) or,
+  # multi-label only, (tau_neg, tau_pos).
   c.threshold = (0.95,)
   c.lambda_u = 1.0  # Weight of the unlabeled consistency term.
   c.distill = 'mse'  # STSSL distillation: mse | mae | cos | none.
   c.lambda_d = 0.01  # Weight of the distillation term (EuroSAT 0.01).
-  c.pseudo_label_source = 'online'  # STSSL pseudo-labels from the 'online' teacher or its 'ema'.
+  c.pseudo_label_source = 'online'  # Pseudo-labels from the 'online' teacher or its 'ema' (CAP).
+  c.pseudo_label_ema_train_mode = True  # [QUIRK] 7.4: the EMA pseudo-labeller runs drop-path.
+
+  # Per-algorithm settings (METHOD 7; defaults are the released BigEarthNet values).
+  c.freematch = ml_collections.ConfigDict()
+  c.freematch.ema_p = 0.999  # Momentum of the self-adaptive threshold statistics.
+  c.freematch.lambda_e = 0.001  # Weight of the fairness term (USB default 0.01).
+  c.freematch.sup_warmup_steps = 2000  # Supervised-only loss (and no distillation) before.
+  c.freematch.use_quantile = False  # 0.8-quantile instead of the mean for tau (single-label).
+  c.freematch.clip_thresh = False  # Clip tau to at most 0.95.
+  c.freematch.empty_class = 'nan'  # [QUIRK] 7.1 multi-label class without masked entry:
+  #                                  'nan' (released 0/0) | 'drop' (left out of L_fair).
+  c.softmatch = ml_collections.ConfigDict()
+  c.softmatch.ema_p = 0.999  # Momentum of mu, var and the alignment estimates.
+  c.softmatch.n_sigma = 2.0  # Width of the truncated Gaussian in standard deviations.
+  c.softmatch.dist_align = True  # Align the weak probs before weighting.
+  c.softmatch.dist_uniform = False  # Single-label target: uniform, or EMA of labeled probs.
+  c.softmatch.per_class = False  # Per-class mu/var (not implemented; off in every run).
+  c.cap = ml_collections.ConfigDict()
+  c.cap.queue_length = 64_000  # Rows of the FIFO probability queue.
+  c.cap.pos_per = 1.0  # pos threshold = Q(1 - pos_per * pi).
+  c.cap.neg_per = 1.0  # neg threshold = Q(neg_per * (1 - pi)).
+  c.cap.gamma_pos = 1.0  # ASL focusing exponent of positives.
+  c.cap.gamma_neg = 4.0  # ASL focusing exponent of negatives.
+  c.cap.clip = 0.05  # ASL probability margin of negatives.
+  c.cap.eps = 1e-8  # ASL log clamp.
+  c.cdmad = ml_collections.ConfigDict()
+  c.cdmad.debias_start = 2000  # First update whose targets (and evaluation) are debiased.
+  c.cdmad.bias_head = 'quirk'  # [QUIRK] 7.5 STSSL bias from the teacher's untrained 'quirk'
+  #                              aux head (released) or its trained 'joint_head'.
+  c.udal = ml_collections.ConfigDict()
+  c.udal.ema_p = 0.999  # Momentum of the alignment estimates.
+  c.udal.a_min = 0.5  # Final alpha of the schedule.
+  c.udal.k = 2.0  # Exponent of the alpha schedule.
+  c.udal.dist_uniform = False  # Single-label p_data: uniform, or EMA of labeled probs.
+  c.udal.student_pbar = 'teacher'  # [QUIRK] 7.6 the STSSL student's unlabeled adjustment
+  #                                  reads the 'teacher' estimate (released) or its 'student' own.
+  c.udal.min_prevalence = 0.0  # Floor on p_data (1e-6 avoids log 0 for absent classes).
 
   # ---- Optimisation (METHOD 8) -----------------------------------------------------------
   c.batch_size = 8  # Global labeled batch B_l.
@@ -57,7 +105,7 @@ def get_config(arg=None):
   c.lr = 5e-5  # Base LR.
   c.weight_decay = 5e-4  # Decoupled, scaled by the current LR (optax.adamw).
   c.cosine_factor = 7 / 16  # LR = cos(pi * factor * progress) after warm-up.
-  c.ema_momentum = 0.999  # EMA of all params (0 for supervised baselines).
+  c.ema_momentum = 0.999  # EMA of all params (0 for supervised baselines, incl. st_supervised).
   c.wd_quirk = True  # STSSL models decay cls/pos/extra tokens (released behaviour, METHOD 8).
 
   # ---- Evaluation, checkpoints, logging --------------------------------------------------
@@ -70,4 +118,10 @@ def get_config(arg=None):
   c.checkpoint_every = 1024  # Steps between checkpoints.
   c.keep_checkpoints = 2  # Most recent checkpoints kept (best one kept separately).
   c.max_steps_this_run = -1  # Stop after this many steps in this process (tests; -1 = off).
+
+  # ---- Metadata-shift evaluation (--mode=eval_shift) -----------------------------------
+  c.eval_shift = ml_collections.ConfigDict()
+  c.eval_shift.shift_lat = 10.0  # Degrees added to every latitude (clipped to [-90, 90]).
+  c.eval_shift.shift_lon = 20.0  # Degrees added to every longitude (wrapped).
+  c.eval_shift.shift_days = 182  # Days added to every acquisition date.
   return c

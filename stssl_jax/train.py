@@ -48,18 +48,22 @@ def _check_config(config, info, n_dev):
                      f'{config.pseudo_label_source!r}')
 
 
-def create_state(config, model, algo, rng, mesh):
-  """Initial TrainState, replicated over the mesh, and the optimizer/schedule."""
+def create_state(config, model, algo, rng, mesh, lb_prevalence=None):
+  """Initial TrainState, replicated over the mesh, and the optimizer/schedule.
+
+  lb_prevalence: [C] labeled-set class prevalence, for the algorithms whose state needs it
+  (multi-label SoftMatch, UDAL, CAP).
+  """
   s = config.data.image_size
   x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
   m = jnp.zeros((1, 4), jnp.float32)
   init_rng, state_rng = jax.random.split(rng)
-  args = (x, m) if algo.stssl else (x,)
+  args = (x, m) if algo.uses_meta else (x,)
   repl = NamedSharding(mesh, P())
   params = jax.jit(lambda k: model.init(k, *args, train=False)['params'],
                    out_shardings=repl)(init_rng)
-  tx, schedule = optim.make_optimizer(config, params, algo.stssl)
-  algo_state = algo.base.init_state(config, config.model.num_classes)
+  tx, schedule = optim.make_optimizer(config, params, algo.uses_meta)
+  algo_state = algo.base.init_state(config, config.model.num_classes, lb_prevalence)
 
   def build(params):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -69,26 +73,38 @@ def create_state(config, model, algo, rng, mesh):
   return state, tx, schedule
 
 
-def evaluate(params, eval_fn, config, split, branch, sharding):
+def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, num_updates=0):
   """Metrics of `params` on a whole split (padded batches, nothing dropped).
 
   Single-label accumulates confusion counts on device; multi-label gathers the valid rows'
-  logits to the host, since AP needs every score.
+  logits to the host, since AP needs every score. With `collect`, also returns the valid
+  rows' logits, labels and lat/lon (decoded from the metadata) for reports.
+
+  Returns:
+    (summary dict, arrays dict or None).
   """
-  acc, logits, labels = None, [], []
+  gather = config.multilabel or collect
+  acc, rows = None, {'logits': [], 'label': [], 'meta': []}
   for batch in pipeline.eval_batches(config, split):
-    out = eval_fn(params, _global_batch(batch, sharding), branch)
-    if config.multilabel:
+    out = eval_fn(params, _global_batch(batch, sharding), branch, gather, num_updates)
+    if gather:
       keep = np.asarray(jax.device_get(out['mask']))
-      logits.append(np.asarray(jax.device_get(out['logits']))[keep])
-      labels.append(np.asarray(jax.device_get(out['label']))[keep])
-    else:
-      acc = out if acc is None else jax.tree_util.tree_map(jnp.add, acc, out)
+      for k in rows:
+        rows[k].append(np.asarray(jax.device_get(out[k]))[keep])
+    if not config.multilabel:
+      stats = {k: out[k] for k in ('confusion', 'loss_sum', 'count')}
+      acc = stats if acc is None else jax.tree_util.tree_map(jnp.add, acc, stats)
+  arrays = None
+  if gather:
+    arrays = {k: np.concatenate(v) for k, v in rows.items()}
+    meta = arrays.pop('meta')
+    arrays['lat'], arrays['lon'] = meta[:, 0] * 90.0, meta[:, 1] * 180.0
   if config.multilabel:
-    return metrics_ml.summarize(np.concatenate(logits), np.concatenate(labels),
-                                config.f1_threshold)
-  acc = jax.device_get(acc)
-  return metrics_lib.summarize(acc['confusion'], acc['loss_sum'], acc['count'])
+    summary = metrics_ml.summarize(arrays['logits'], arrays['label'], config.f1_threshold)
+  else:
+    acc = jax.device_get(acc)
+    summary = metrics_lib.summarize(acc['confusion'], acc['loss_sum'], acc['count'])
+  return summary, (arrays if collect else None)
 
 
 def _scalars(prefix, summary):
@@ -126,14 +142,17 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
   train_step = jax.jit(step_fn, in_shardings=(state_sh, data_sh),
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
 
-  def eval_impl(params, batch, branch):
-    if config.multilabel:
-      logits, _ = steps._forward(model, params, batch['image'], batch['meta'], None, False,
-                                 branch)  # pylint: disable=protected-access
-      return {'logits': logits, 'label': batch['label'], 'mask': batch['mask']}
-    return steps.eval_step(params, batch, model=model, config=config, branch=branch)
-  eval_fn = jax.jit(eval_impl, static_argnums=(2,), out_shardings=repl)
-  image_branch = 'student' if algo.stssl else 'plain'
+  def eval_impl(params, batch, branch, gather, num_updates):
+    out = {} if config.multilabel else steps.eval_step(
+        params, batch, model=model, config=config, branch=branch, algo=algo,
+        num_updates=num_updates)
+    if gather:
+      logits = steps.eval_logits(params, batch, model=model, algo=algo, config=config,
+                                 branch=branch, num_updates=num_updates)
+      out.update(logits=logits, label=batch['label'], mask=batch['mask'], meta=batch['meta'])
+    return out
+  eval_fn = jax.jit(eval_impl, static_argnums=(2, 3), out_shardings=repl)
+  image_branch = algo.eval_branch
 
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
@@ -165,7 +184,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
       elapsed = time.time() - t_log
       avg['train/steps_per_sec'] = config.log_every / max(elapsed, 1e-9)
       t_log = time.time()
-      writer.write_scalars(done, avg)
+      _log(writer, workdir, done, avg)
       eta = (config.num_steps - done) / max(avg['train/steps_per_sec'], 1e-9)
       logging.info('step %d/%d loss %.4f (%.2f steps/s, ETA %s)', done, config.num_steps,
                    avg['train/loss'], avg['train/steps_per_sec'], _fmt_eta(eta))
@@ -174,7 +193,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
       with report.timed('eval'):
         final = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh, workdir,
                               done)
-      writer.write_scalars(done, final)
+      _log(writer, workdir, done, final)
       key = f'{image_branch}/' + ('macro_map' if config.multilabel else 'top1')
       if final[key] > progress['best_metric']:
         progress.update(best_metric=final[key], best_step=done)
@@ -223,22 +242,47 @@ def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding, workdir,
   """EMA model without metadata, and (STSSL) the EMA teacher with metadata, separately.
 
   Scalars are returned for TensorBoard; the full summaries, confusion matrices included, go
-  to WORKDIR/eval/step_<step>.json.
+  to WORKDIR/eval/step_<step>.json, and the per-sample predictions of the latest evaluation
+  (logits, labels, lat/lon) to WORKDIR/eval/predictions_<branch>.npz for the run report.
   """
   split = config.data.eval_split
   branches = [image_branch] + (['teacher'] if algo.stssl and config.eval_teacher else [])
   full, out = {}, {}
+  main = jax.process_index() == 0
+  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
   for branch in branches:
-    summary = evaluate(state.ema_params, eval_fn, config, split, branch, sharding)
+    summary, arrays = evaluate(state.ema_params, eval_fn, config, split, branch, sharding,
+                               collect=True, num_updates=state.step)
     out.update(_scalars(branch, summary))
     full[branch] = {k: np.asarray(v).tolist() for k, v in summary.items()}
-  if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-    tmp = os.path.join(workdir, 'eval', f'.step_{step}.json.tmp')
-    with open(tmp, 'w') as f:
-      json.dump({'step': step, 'split': split, **full}, f)
-    os.replace(tmp, os.path.join(workdir, 'eval', f'step_{step}.json'))
+    if arrays is not None and main:
+      _atomic_savez(os.path.join(workdir, 'eval', f'predictions_{branch}.npz'), step=step,
+                    split=split, **arrays)
+  if main:
+    _atomic_json(os.path.join(workdir, 'eval', f'step_{step}.json'),
+                 {'step': step, 'split': split, **full})
   return out
+
+
+def _log(writer, workdir, step, scalars):
+  """TensorBoard scalars, mirrored to WORKDIR/metrics.jsonl (read by the run report)."""
+  writer.write_scalars(step, scalars)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
+
+
+def _atomic_json(path, obj):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def _atomic_savez(path, **arrays):
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -1,0 +1,42 @@
+"""Metadata-shift evaluation: exact metadata transforms and the table of a tiny run."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from stssl_jax import metadata, shift_eval, train
+from tests.test_end_to_end import prepared  # pylint: disable=unused-import
+
+
+def test_shift_meta_equals_encoding_shifted_raw_values():
+  lat, lon, dates = [45.0, -30.0, 89.0], [179.0, -10.0, 0.0], ['2017-03-01', '2017-12-20', '2018-06-30']
+  m = metadata.encode(lat, lon, dates)
+  got = shift_eval.shift_meta(m, dlat=2.0, dlon=3.0)
+  want = metadata.encode([47.0, -28.0, 90.0], [-178.0, -7.0, 3.0], dates)  # Wrapped, clipped.
+  np.testing.assert_allclose(got, want, atol=2e-7)
+  got = shift_eval.shift_meta(m, days=10)
+  want = metadata.encode(lat, lon, ['2017-03-11', '2017-12-30', '2018-07-10'])
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  got = shift_eval.shift_meta(m, no_loc=True, no_time=True)
+  np.testing.assert_array_equal(got[:, :2], 0.0)
+  np.testing.assert_array_equal(got[:, 2:], metadata.encode([0], [0], ['2017-01-01'])[:, 2:].repeat(3, 0))
+
+
+def test_eval_shift_table_of_a_tiny_run(prepared, tmp_path):
+  config = test_config.get_config('stssl_fixmatch')
+  config.data.data_dir = prepared
+  config.num_steps = config.eval_every = 4
+  final = train.train_and_evaluate(config, str(tmp_path))
+  rows = shift_eval.run(config, str(tmp_path))
+  names = [name for name, _, _ in shift_eval.variants(config)]
+  assert [r['model'] for r in rows] == names  # One split (no held-out region prepared).
+  by = {r['model']: r['top1'] for r in rows}
+  assert by['teacher, true metadata'] == pytest.approx(final['teacher/top1'])
+  assert by['student (image only)'] == pytest.approx(final['student/top1'])
+  with open(tmp_path / 'shift_eval' / 'shift_eval.csv') as f:
+    assert len(list(csv.DictReader(f))) == len(names)
+  md = (tmp_path / 'shift_eval' / 'shift_eval.md').read_text()
+  assert all(n in md for n in names)
+  assert (tmp_path / 'shift_eval' / 'shift_eval.png').stat().st_size > 10_000
