@@ -56,9 +56,12 @@ def get_config(arg=None):
   c.lr, c.weight_decay = 1e-4, 5e-4
   c.ema_momentum = 0.0 if algo == 'supervised' else 0.999
   c.eval_every, c.eval_batch_size, c.patience = 2000, 512, 16_000
-  _set_fraction(c, frac, classes)
+  c.data.label_fraction = frac
+  c.data.label_set = 'label19' if classes == 19 else 'label'
+  c.data.sampler_epochs = 1  # METHOD 3.6: one "epoch" (used with data.sampler='original').
   if demo:
     c.data.data_dir = 'prepared/bigearthnet_sample'
+    c.data.label_fraction = 0.0  # 7 training patches: all labeled (and all unlabeled).
     c.data.image_size, c.data.crop_padding = 32, 4
     c.model.variant = 'test'
     c.model.drop_path = 0.0
@@ -69,11 +72,3 @@ def get_config(arg=None):
     c.eval_every, c.eval_batch_size = 30, 8
     c.log_every, c.checkpoint_every = 10, 30
   return c
-
-
-def _set_fraction(c, frac, classes):
-  """Selects the labeled subset and label set; fields exist once the pipeline supports them."""
-  if 'label_fraction' in c.data:
-    c.data.label_fraction = frac
-  if 'label_set' in c.data:
-    c.data.label_set = 'label19' if classes == 19 else 'label'

@@ -34,7 +34,8 @@ train records (index = train position). The unlabeled set is all of `train`.
 Work is parallel (--workers processes), shown with a progress bar, and resumable: shards of
 --shard_size patches are written under `<out>/.<name>.work-<settings digest>/` with a
 done-marker each, so a killed run restarts where it stopped; the finished shards become the
-dataset's files (hard links) and the dataset is renamed into place only when complete.
+dataset's files (hard links) and the dataset is renamed into place only when complete. A
+work folder left by an interrupted run with other settings is not reused and can be deleted.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ RESAMPLING = ('20 m and 60 m bands upsampled to 120x120 with GDAL bilinear resam
               '(rasterio read with out_shape); 10 m bands unchanged')
 _DATE_RE = re.compile(r'^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$')
 _EARTH_RADIUS_M = 6371008.8
+# Halve the GeoTIFF open time: no directory listing for sidecar files, and the band files'
+# CRS built from their GeoKeys without EPSG database look-ups (it is not used: lat/lon
+# come from the JSON).
+_GDAL_OPTIONS = {'GDAL_DISABLE_READDIR_ON_OPEN': 'EMPTY_DIR', 'GTIFF_SRS_SOURCE': 'GEOKEYS'}
 
 
 @functools.lru_cache(maxsize=64)
@@ -171,7 +176,8 @@ def read_patch(item: tuple, images: str, bands: Sequence[str]) -> dict[str, Any]
   except ValueError as e:
     raise shards.BadItem(json_path, str(e).split(': ', 1)[1])
   lat, lon = patch_centre(meta['coordinates'], meta['projection'])
-  image = np.stack([read_band(folder / f'{name}_{b}.tif', b) for b in bands], axis=-1)
+  with rasterio.Env(**_GDAL_OPTIONS):
+    image = np.stack([read_band(folder / f'{name}_{b}.tif', b) for b in bands], axis=-1)
   dev = None if table_lat is None else distance_m(lat, lon, table_lat, table_lon)
   return {'image': image, 'label': label43, 'label19': label19, 'lat': lat, 'lon': lon,
           'date': meta['acquisition_date'], 'filename': name, 'country': country,
@@ -200,6 +206,48 @@ def _latlon_check(summaries) -> dict[str, Any]:
   over = [n for n, d in devs if d > 1.0]
   return {'checked': len(devs), 'max_m': max((d for _, d in devs), default=None),
           'num_over_1m': len(over), 'over_1m': over[:100]}
+
+
+def _labeled_subsets(train_names: Sequence[str], lists: str | None, fracs: dict[float, str],
+                     seed: int) -> tuple[dict[float, list[int]], dict[float, str]]:
+  """Labeled train positions per fraction (seeded draw, or the authors' tables when given).
+
+  Returns:
+    ({fraction: sorted train positions}, {fraction: how they were chosen}).
+  """
+  n = len(train_names)
+  labeled = lists_lib.draw_labeled(n, fracs, seed)
+  draw = {f: f'np.random.default_rng({seed}).permutation(N)[:max(1, floor(f * N))], '
+             f'N = {n}, sorted' for f in fracs}
+  position = {name: i for i, name in enumerate(train_names)}
+  for f, path in lists_lib.find_labeled_tables(lists, fracs).items():
+    chosen = lists_lib.read_pickled_names(path)
+    outside = [name for name in chosen if name not in position]
+    if outside:
+      raise common.PrepError(f'{path}: {len(outside)} labeled patches are not in the train '
+                             f'split, e.g. {outside[0]}')
+    labeled[f], draw[f] = sorted(position[name] for name in chosen), f"authors' table {path}"
+  return labeled, draw
+
+
+def _class_stats(summaries, labeled: dict[float, list[int]]):
+  """Per-split class counts (43 and 19 classes) and the labeled subsets' prevalences.
+
+  Returns:
+    (counts43 {split: [43]}, counts19 {split: [19]}, prevalence43 {fraction: [43]},
+    prevalence19 {fraction: [19]}); the counts include the labeled splits.
+  """
+  train = summaries['train']
+  counts43 = {s: _counts(v.labels, 43) for s, v in summaries.items()}
+  counts19 = {s: _counts(v.extras['label19'], 19) for s, v in summaries.items()}
+  prevalence43, prevalence19 = {}, {}
+  for f, idx in labeled.items():
+    split = lists_lib.labeled_split_name(f)
+    counts43[split] = _counts([train.labels[i] for i in idx], 43)
+    counts19[split] = _counts([train.extras['label19'][i] for i in idx], 19)
+    prevalence43[f] = [c / len(idx) for c in counts43[split]]
+    prevalence19[f] = [c / len(idx) for c in counts19[split]]
+  return counts43, counts19, prevalence43, prevalence19
 
 
 def prepare(images: str, out: str, lists: str | None = None, metadata: str | None = None,
@@ -265,35 +313,17 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
   schema = schema_for(band_names)
   tasks = shards.make_tasks(items, shard_size)
   reader = functools.partial(read_patch, images=str(root), bands=band_names)
-  shards.run_tasks(tasks, reader, schema, work, workers, skip_bad)
+  start = time.perf_counter()
+  built = shards.run_tasks(tasks, reader, schema, work, workers, skip_bad)
+  convert_s = time.perf_counter() - start
   summaries = shards.load_summaries(tasks, work)
   skipped = bad.items + [b for s in summaries.values() for b in s.bad]
   if 'train' not in summaries or not summaries['train'].names:
     raise common.PrepError('the train split has no usable patch')
 
-  train = summaries['train']
-  tables = lists_lib.find_labeled_tables(lists, fracs)
-  labeled = lists_lib.draw_labeled(len(train.names), fracs, seed)
-  draw = {f: f'np.random.default_rng({seed}).permutation(N)[:max(1, floor(f * N))], N = '
-             f'{len(train.names)}, sorted' for f in fracs}
-  position = {n: i for i, n in enumerate(train.names)}
-  for f, path in tables.items():
-    chosen = lists_lib.read_pickled_names(path)
-    outside = [n for n in chosen if n not in position]
-    if outside:
-      raise common.PrepError(f'{path}: {len(outside)} labeled patches are not in the train '
-                             f'split, e.g. {outside[0]}')
-    labeled[f], draw[f] = sorted(position[n] for n in chosen), f"the authors' table {path}"
+  labeled, draw = _labeled_subsets(summaries['train'].names, lists, fracs, seed)
   lb_names = {lists_lib.labeled_split_name(f): idx for f, idx in labeled.items()}
-  counts43 = {s: _counts(v.labels, 43) for s, v in summaries.items()}
-  counts19 = {s: _counts(v.extras['label19'], 19) for s, v in summaries.items()}
-  prevalence43, prevalence19 = {}, {}
-  for f, idx in labeled.items():
-    split = lists_lib.labeled_split_name(f)
-    counts43[split] = _counts([train.labels[i] for i in idx], 43)
-    counts19[split] = _counts([train.extras['label19'][i] for i in idx], 19)
-    prevalence43[f] = [c / len(idx) for c in counts43[split]]
-    prevalence19[f] = [c / len(idx) for c in counts19[split]]
+  counts43, counts19, prevalence43, prevalence19 = _class_stats(summaries, labeled)
   check = _latlon_check(summaries)
   if check['num_over_1m']:
     print(f'warning: {check["num_over_1m"]} patch centres differ from the --metadata table by '
@@ -331,7 +361,9 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
                          description=f'BigEarthNet-S2 v1.0 ({",".join(band_names)}) in the '
                                      'stssl-jax record schema')
   shutil.rmtree(work, ignore_errors=True)
-  return {'status': 'prepared', 'path': str(path), 'skipped': skipped,
+  timings = {'convert_s': convert_s, 'assemble_s': time.perf_counter() - start - convert_s,
+             'shards_built': built, 'shards': len(tasks)}
+  return {'status': 'prepared', 'path': str(path), 'skipped': skipped, 'timings': timings,
           'splits': {s: len(v.names) for s, v in summaries.items()} |
                     {s: len(v) for s, v in lb_names.items()}}
 
@@ -352,14 +384,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--bands', default='rgb',
                  help="'rgb' (B04,B03,B02, the paper), 'all' (12 bands) or a comma list")
   p.add_argument('--fractions', default=','.join(DEFAULT_FRACTIONS),
-                 help='comma-separated label fractions of train')
-  p.add_argument('--seed', type=int, default=0, help='seed of the labeled draw')
+                 help='comma-separated label fractions of train (default: %(default)s)')
+  p.add_argument('--seed', type=int, default=0, help='seed of the labeled draw (default 0)')
   p.add_argument('--name', help="dataset name (default 'bigearthnet', or 'bigearthnet_ms' "
                  'for other bands)')
   p.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                  help='worker processes (default: all cores)')
   p.add_argument('--shard_size', type=int, default=2000,
-                 help='patches per shard, the unit of parallel work and of resumption')
+                 help='patches per shard, the unit of parallel work and of resumption '
+                 '(default: %(default)s)')
   p.add_argument('--skip_bad', action='store_true',
                  help='skip corrupt/missing files and absent patches, and report them')
   p.add_argument('--keep_no19', action='store_true',

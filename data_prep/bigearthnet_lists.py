@@ -30,6 +30,7 @@ from __future__ import annotations
 import bz2
 import csv
 import fractions
+import hashlib
 import io
 import pathlib
 from typing import Iterable, Mapping, Sequence
@@ -163,7 +164,7 @@ def load_splits(lists_dir: str | pathlib.Path | None = None, keep_no19: bool = F
       if seen.setdefault(n, split) != split:
         raise common.PrepError(f'patch {n} is in both the {seen[n]} list ({files[seen[n]]}) '
                                f'and the {split} list ({files[split]})')
-  excluded = dict(EXCLUSIONS) if keep_no19 else dict(EXCLUSIONS, no_19_class_target=NO19)
+  excluded = dict(EXCLUSIONS) if keep_no19 else dict(EXCLUSIONS, no_19_class_targets=NO19)
   drop = {key: set(read_names(pathlib.Path(exclusions_dir) / f)) for key, f in excluded.items()}
   every = set().union(*drop.values())
   splits = {split: [n for n in names if n not in every] for split, names in raw.items()}
@@ -171,6 +172,7 @@ def load_splits(lists_dir: str | pathlib.Path | None = None, keep_no19: bool = F
              for key, bad in drop.items()}
   report = {
       'lists': {s: str(p) for s, p in files.items()},
+      'lists_sha256': {s: hashlib.sha256(p.read_bytes()).hexdigest() for s, p in files.items()},
       'lists_kind': 'official BigEarthNet v1 lists (shipped)' if lists_dir is None else
                     'user-supplied (--lists)',
       'exclusion_lists': {k: str(pathlib.Path(exclusions_dir) / f) for k, f in excluded.items()},

@@ -272,15 +272,18 @@ def assemble(out: str | os.PathLike, name: str, schema: records.Schema,
       for k, (path, n, start) in enumerate(s.shards):
         dst = ds_dir / _shard_name(name, split, k, len(s.shards))
         if start == position:
-          os.link(path, dst)  # Same file system (the work dir is under `out`): no copy.
+          try:
+            os.link(path, dst)  # Same file system (the work dir is under `out`): no copy.
+          except OSError:  # File systems without hard links.
+            shutil.copyfile(path, dst)
         else:
           _reindex(path, dst, start - position, features)
         position += n
         lengths.append(n)
       split_infos.append((split, lengths))
-    train_files = [os.fspath(ds_dir / _shard_name(name, 'train', k, len(summaries['train'].shards)))
-                   for k in range(len(summaries['train'].shards))]
-    source = array_record_data_source.ArrayRecordDataSource(train_files)
+    n_train = len(summaries['train'].shards)
+    source = array_record_data_source.ArrayRecordDataSource(
+        [os.fspath(ds_dir / _shard_name(name, 'train', k, n_train)) for k in range(n_train)])
     for split, indices in labeled.items():
       chunks = [list(indices[i:i + shard_size]) for i in range(0, len(indices), shard_size)]
       for k, chunk in enumerate(tqdm.tqdm(chunks, desc=f'Writing {split}', unit='shard')):

@@ -15,6 +15,8 @@ from stssl_jax import metadata
 from stssl_jax.data import augment
 from stssl_jax.data import pipeline
 from stssl_jax.data import records
+from stssl_jax.data import streams
+from stssl_jax.data import transforms
 
 ROOT = pathlib.Path(__file__).parent.parent
 SAMPLE = ROOT / 'data' / 'eurosat_sample'
@@ -206,10 +208,17 @@ class _CountingList(list):
     return super().__getitem__(i)
 
 
-@pytest.mark.parametrize('max_bytes,reads', [(1 << 30, 6), (0, 18)])
-def test_resized_records_memoise_within_budget(max_bytes, reads):
+@pytest.mark.parametrize('max_bytes,reads', [(1 << 30, 6), (0, 18), (2 * 32 * 32 * 3, 14)])
+def test_prepared_records_memoise_within_budget(max_bytes, reads):
+  """Reads: 6 when all fit, 18 with no cache, 2 + 3 * 4 when only 2 records fit."""
   src = _CountingList(LB)
-  ds = pipeline.ResizedRecords(grain.MapDataset.source(src), 32, max_cache_bytes=max_bytes)
+  t = transforms.for_records(_config(), LB[0]['image'])
+
+  def prepare(r):
+    return {'image': t.prepare(r['image']), 'label': r['label'], 'lat': r['lat'],
+            'date': r['date']}
+  ds = streams.PreparedRecords(grain.MapDataset.source(src), prepare, t.prepared_bytes,
+                               max_cache_bytes=max_bytes)
   for _ in range(3):
     out = [ds[i] for i in range(6)]
   assert src.reads == reads
@@ -328,3 +337,4 @@ def test_real_eurosat_sample(eurosat_sample):
   n_lb = min(info['labeled_splits'])
   c = _config(name='eurosat', data_dir=eurosat_sample, num_labels=n_lb, batch_size=4)
   _check_prepared(c, info['splits']['train'], n_lb)
+

@@ -154,7 +154,8 @@ def weak(v: np.ndarray, rng: np.random.Generator, padding: int = 16,
   Returns:
     float32 [C, S, S], a new array.
   """
-  v = resize_bilinear(v, size)
+  if v.shape[1:] != (size, size):
+    v = resize_bilinear(v, size)
   idx = _reflect_indices(size, padding)
   u = rng.random(4)
   oy, ox = (u[:2] * (2 * padding + 1)).astype(np.intp)
@@ -163,7 +164,8 @@ def weak(v: np.ndarray, rng: np.random.Generator, padding: int = 16,
     cols = cols[::-1]
   if u[3] < 0.5:
     rows = rows[::-1]
-  return v.take(rows, axis=1).take(cols, axis=2)
+  # Gather first: converting the cached float16 crop costs half of converting a copy.
+  return v.take(rows, axis=1).take(cols, axis=2).astype(np.float32, copy=False)
 
 
 # ---- RandAugment policies --------------------------------------------------------------
@@ -290,26 +292,41 @@ def apply_op(img: np.ndarray, name: str, magnitude: float, u: float,
   raise ValueError(f'Unknown RandAugment op {name!r}')
 
 
+def draw_ops(rng: np.random.Generator, policy: Policy = DEFAULT_POLICY
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """The random part of RandAugment: which n ops, and one uniform per op.
+
+  Args:
+    rng: `integers(0, len(ops), n)` with replacement, else `permutation(len(ops))[:n]`;
+      then `random(n)`.
+    policy: the Policy.
+
+  Returns:
+    (int [n] row indices into policy.ops, in application order; float [n] uniforms that
+    give each op its sign or threshold, see `apply_op`).
+  """
+  k = len(policy.ops)
+  idx = rng.integers(0, k, policy.n) if policy.replace else rng.permutation(k)[:policy.n]
+  return idx, rng.random(policy.n)
+
+
 def rand_augment(img: np.ndarray, rng: np.random.Generator,
                  policy: Policy = DEFAULT_POLICY) -> np.ndarray:
-  """kornia-style RandAugment(n, m): n ops drawn from the policy, each applied.
+  """kornia-style RandAugment(n, m): n ops drawn from the policy (`draw_ops`), all applied.
 
   Args:
     img: float [C, H, W] in [0, 1].
-    rng: the op choice (`integers(0, len, n)` with replacement, else
-      `permutation(len)[:n]`), then one `random(n)` for the ops' signs / thresholds.
+    rng: source of `draw_ops`.
     policy: the Policy.
 
   Returns:
     float32 [C, H, W] in [0, 1].
   """
-  k = len(policy.ops)
-  idx = rng.integers(0, k, policy.n) if policy.replace else rng.permutation(k)[:policy.n]
-  u = rng.random(policy.n)
+  idx, u = draw_ops(rng, policy)
   mags = policy.magnitudes()
   out = np.asarray(img, np.float32)
-  for j, i in enumerate(idx):
-    out = apply_op(out, policy.ops[i][0], mags[i], u[j], policy)
+  for i, u_i in zip(idx, u):
+    out = apply_op(out, policy.ops[i][0], mags[i], u_i, policy)
   return out
 
 
