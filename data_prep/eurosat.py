@@ -27,7 +27,7 @@ import pathlib
 import sys
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import PIL.Image
@@ -37,7 +37,7 @@ import rasterio.warp
 import tqdm
 import yaml
 
-from data_prep import common
+from data_prep import common, regions
 from stssl_jax.data import records
 
 RGB_EXTS = ('.jpg', '.jpeg')
@@ -232,7 +232,9 @@ def _scan(class_root, files, fmt, coords, bad):
 
 def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
             name: str | None = None, num_labels: Sequence[int] = DEFAULT_NUM_LABELS,
-            seed: int = 0, skip_bad: bool = False, overwrite: bool = False) -> dict[str, Any]:
+            seed: int = 0, skip_bad: bool = False, overwrite: bool = False,
+            holdout_box: Optional[str] = None,
+            holdout_countries: Sequence[str] = ()) -> dict[str, Any]:
   """Converts raw EuroSAT into `<out>/<name>/<version>` (see the module docstring).
 
   Args:
@@ -245,6 +247,9 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
     seed: legacy NumPy seed of the labeled draw.
     skip_bad: skip unreadable images / images without coordinates instead of failing.
     overwrite: rebuild an existing dataset.
+    holdout_box: 'lat_min,lat_max,lon_min,lon_max' of a region to hold out.
+    holdout_countries: ISO codes of countries to hold out (offline reverse geocoding).
+      Held-out images are in no training/test split but in their own split `heldout`.
 
   Returns:
     dict with 'status' ('prepared' or 'already prepared'), 'path', 'splits', 'skipped'.
@@ -274,7 +279,9 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
                              f'{len(class_names)} classes')
   prep = {'format': fmt, 'seed': seed, 'num_labels': num_labels, 'skip_bad': skip_bad,
           'num_input_files': sum(map(len, files)), 'class_names': class_names,
-          'split': 'per class: first floor(0.8 n_c) file names in string order -> train'}
+          'split': 'per class: first floor(0.8 n_c) file names in string order -> train',
+          'holdout_box': holdout_box or '', 'holdout_countries': sorted(holdout_countries)}
+  box = regions.parse_box(holdout_box)
   if common.check_existing(out, name, prep, overwrite):
     return {'status': 'already prepared', 'path': str(records.dataset_dir(out, name)),
             'splits': records.load_info(out, name)['splits'], 'skipped': []}
@@ -285,7 +292,18 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
   table = read_coords(coords) if fmt == 'rgb' else {}
   bad = common.BadFiles(skip=skip_bad)
   good, shape = _scan(class_root, files, fmt, table, bad)
-  train, test = split_pool_test([[n for n in names if n in good] for names in files])
+  held = set()
+  if box is not None or holdout_countries:
+    names = sorted(good)
+    mask = regions.in_region([good[n][0] for n in names], [good[n][1] for n in names], box,
+                             holdout_countries)
+    held = {n for n, m in zip(names, mask) if m}
+    if not held or len(held) == len(good):
+      raise common.PrepError(f'hold-out region selects {len(held)} of {len(good)} images; '
+                             'it must keep some and remove some')
+  train, test = split_pool_test([[n for n in names if n in good and n not in held]
+                                 for names in files])
+  heldout = [(c, n) for c, names in enumerate(files) for n in sorted(names) if n in held]
   lb = {n: draw_labeled([lab for lab, _ in train], n, len(class_names), seed) for n in num_labels}
 
   def examples(rows, indices):
@@ -302,6 +320,8 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
             'test': lambda: examples(test, range(len(test)))}
   for n, idx in lb.items():
     splits[f'train_lb_{n}'] = lambda idx=idx: examples([train[i] for i in idx], idx)
+  if heldout:
+    splits['heldout'] = lambda: examples(heldout, range(len(heldout)))
   metadata = {
       'source': {'dataset': SOURCE, 'format': 'RGB JPEG' if fmt == 'rgb' else 'MS GeoTIFF',
                  'images': str(class_root), 'coords': str(coords) if coords else
@@ -316,7 +336,8 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
   path = records.write_dataset(out, name, splits, schema, metadata, overwrite=overwrite,
                                description=f'EuroSAT {fmt.upper()} in the stssl-jax record schema')
   return {'status': 'prepared', 'path': str(path), 'skipped': bad.items,
-          'splits': {s: len(v) for s, v in (('train', train), ('test', test))} |
+          'splits': {s: len(v) for s, v in (('train', train), ('test', test),
+                                            ('heldout', heldout)) if v} |
                     {f'train_lb_{n}': n for n in num_labels}}
 
 
@@ -346,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--skip_bad', action='store_true',
                  help='skip unreadable images / images without coordinates and report them')
   p.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset')
+  p.add_argument('--holdout_box', help='hold out lat_min,lat_max,lon_min,lon_max: removed '
+                 'from train/test, written as split "heldout"')
+  p.add_argument('--holdout_countries', default='',
+                 help='hold out these ISO country codes (e.g. ES,PT; offline reverse geocoding)')
   args = p.parse_args(argv)
   try:
     num_labels = [int(n) for n in args.num_labels.split(',') if n.strip()]
@@ -354,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   start = time.time()
   try:
     result = prepare(args.images, args.out, args.coords, args.format, args.name, num_labels,
-                     args.seed, args.skip_bad, args.overwrite)
+                     args.seed, args.skip_bad, args.overwrite, args.holdout_box,
+                     [c for c in args.holdout_countries.split(',') if c.strip()])
   except (common.PrepError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
