@@ -1,0 +1,366 @@
+"""Static HTML report of a training run: `write_report(workdir)` -> WORKDIR/report/index.html.
+
+Reads what `train.train_and_evaluate` leaves in the workdir (config.json, metrics.jsonl,
+final_metrics.json, eval/step_<N>.json, eval/predictions_<branch>.npz, and versions.json if the
+run recorded one) and writes PNGs next to index.html, linked relatively, so the folder opens
+from disk or can be copied anywhere. Works on a run in progress: missing parts are skipped.
+
+    python -m stssl_jax.report WORKDIR
+"""
+
+import datetime
+import glob
+import html
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import sys
+from typing import Any, Optional
+
+import numpy as np
+
+from stssl_jax import metrics_multilabel as metrics_ml
+from stssl_jax import report_plots as plots
+
+# Distributions whose versions identify the software stack of a run.
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets',
+            'numpy', 'clu', 'ml-collections', 'matplotlib')
+_SEASONS = ('spring', 'summer', 'autumn', 'fall', 'winter')
+
+
+def package_versions() -> dict[str, str]:
+  """Versions of python and `PACKAGES` in this environment ('not installed' if absent)."""
+  out = {'python': platform.python_version()}
+  for name in PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = 'not installed'
+  return out
+
+
+def _read_json(path: str) -> Optional[Any]:
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """metrics.jsonl -> {key: (steps [T], values [T])}, sorted by step.
+
+  A resumed run logs again the steps after its last checkpoint; the last record of a step wins.
+  """
+  by_key: dict[str, dict[int, float]] = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        if not line.strip():
+          continue
+        record = json.loads(line)
+        step = int(record.pop('step'))
+        for k, v in record.items():
+          if isinstance(v, (int, float)):
+            by_key.setdefault(k, {})[step] = float(v)
+  return {k: (np.array(sorted(d)), np.array([d[s] for s in sorted(d)])) for k, d in by_key.items()}
+
+
+def load_run(workdir: str) -> dict[str, Any]:
+  """Everything the report reads from a workdir (None or empty where a file is missing)."""
+  evals = {}
+  for path in glob.glob(os.path.join(workdir, 'eval', 'step_*.json')):
+    step = re.fullmatch(r'step_(\d+)\.json', os.path.basename(path))
+    if step:
+      evals[int(step.group(1))] = _read_json(path)
+  predictions = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'eval', 'predictions_*.npz'))):
+    arrays = {}
+    with np.load(path) as z:  # No pickles: an object array (e.g. str as objects) is skipped.
+      for k in z.files:
+        try:
+          arrays[k] = z[k]
+        except ValueError:
+          continue
+    predictions[os.path.basename(path)[len('predictions_'):-len('.npz')]] = arrays
+  return {'config': _read_json(os.path.join(workdir, 'config.json')) or {},
+          'final': _read_json(os.path.join(workdir, 'final_metrics.json')),
+          'versions': _read_json(os.path.join(workdir, 'versions.json')),
+          'series': read_metrics(os.path.join(workdir, 'metrics.jsonl')),
+          'evals': dict(sorted(evals.items())), 'predictions': predictions}
+
+
+def class_names(config: dict, num_classes: int) -> list[str]:
+  """Names from the prepared dataset's info when reachable and of the right size, else indices."""
+  data = config.get('data', {})
+  try:
+    from stssl_jax.data import records  # Imports TFDS: only when a report needs names.
+    info = records.load_info(data['data_dir'], data['name'])
+  except (OSError, KeyError, ValueError, ImportError):  # Unreachable dataset: no names.
+    return [str(i) for i in range(num_classes)]
+  suffix = str(data.get('label_set', 'label'))[len('label'):]  # 'label19' -> class_names19.
+  for key in (f'class_names{suffix}', 'class_names'):
+    names = info.get(key)
+    if names is not None and len(names) == num_classes:
+      return [str(n) for n in names]
+  return [str(i) for i in range(num_classes)]
+
+
+def sample_scores(arrays: dict, multilabel: bool, f1_threshold: float = 0.5) -> np.ndarray:
+  """[N] per-sample score: single-label 1.0/0.0 (argmax correct), multi-label sample F1.
+
+  Multi-label predictions are `logit > f1_threshold` as in the reported F1 (METHOD 9); a sample
+  with no true and no predicted label scores 1.
+  """
+  logits, label = np.asarray(arrays['logits']), np.asarray(arrays['label'])
+  if not multilabel:
+    return (logits.argmax(-1) == label).astype(np.float64)
+  pred = logits > f1_threshold
+  tp = np.sum(pred & (label > 0), axis=-1)
+  den = pred.sum(-1) + (label > 0).sum(-1)
+  return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
+def group_metrics(arrays: dict, field: str, multilabel: bool,
+                  f1_threshold: float = 0.5) -> list[dict[str, Any]]:
+  """Metrics per value of `arrays[field]` ([N] str, e.g. 'country' or 'season').
+
+  Returns:
+    rows {'group', 'n', then single-label 'accuracy'; multi-label 'micro_map', 'macro_map'
+    (mean AP over the classes with a positive in the group: a class absent from a small group
+    would add a meaningless 0), 'sample_f1'}, seasons in calendar order, else by size.
+  """
+  groups = np.asarray(arrays[field]).astype(str)
+  scores = sample_scores(arrays, multilabel, f1_threshold)
+  rows = []
+  for g in np.unique(groups):
+    sel = groups == g
+    row = {'group': str(g), 'n': int(sel.sum())}
+    if multilabel:
+      probs = 1.0 / (1.0 + np.exp(-np.asarray(arrays['logits'], np.float64)[sel]))
+      label = np.asarray(arrays['label'])[sel]
+      present = np.flatnonzero(label.sum(0) > 0)
+      row['micro_map'] = metrics_ml.average_precision(probs.ravel(), label.ravel())
+      row['macro_map'] = float(np.mean([metrics_ml.average_precision(probs[:, c], label[:, c])
+                                        for c in present])) if len(present) else 0.0
+      row['sample_f1'] = float(scores[sel].mean())
+    else:
+      row['accuracy'] = float(scores[sel].mean())
+    rows.append(row)
+  seasonal = all(r['group'].lower() in _SEASONS for r in rows)
+  return sorted(rows, key=(lambda r: _SEASONS.index(r['group'].lower())) if seasonal else
+                (lambda r: (-r['n'], r['group'])))
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 1.5em auto;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { margin-bottom: 0.1em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.8em; }
+.meta { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
+figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+pre { background: #f8f8f8; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    return f'{v:.4f}'
+  return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+  head = ''.join(f'<th>{html.escape(h)}</th>' for h in header)
+  body = ''.join('<tr>' + ''.join(f'<td>{_fmt(v)}</td>' for v in row) + '</tr>' for row in rows)
+  return f'<table><tr>{head}</tr>{body}</table>'
+
+
+def _group_table(tables: dict[str, list[dict]], field: str) -> str:
+  """One row per group: n, then each metric of each branch."""
+  first = next(iter(tables.values()))
+  metrics = [k for k in first[0] if k not in ('group', 'n')]
+  header = [field, 'n'] + [f'{plots.branch_label(b)}: {m.replace("_", " ")}'
+                           for b in tables for m in metrics]
+  rows = [[r['group'], r['n']] + [tables[b][i][m] for b in tables for m in metrics]
+          for i, r in enumerate(first)]
+  return _table(header, rows)
+
+
+def _summary(config: dict, final: Optional[dict], last_eval: dict, branches: list[str]) -> str:
+  data = config.get('data', {})
+  labels = data.get('label_fraction') or data.get('num_labels') or 'all'
+  rows = [['algorithm', config.get('algorithm', '?')],
+          ['dataset', f'{data.get("name", "?")} ({data.get("data_dir", "?")})'],
+          ['labels (count or fraction)', labels],
+          ['task', 'multi-label' if config.get('multilabel') else 'single-label']]
+  if final:
+    rows += [['steps done / planned', f'{final.get("step")} / {config.get("num_steps", "?")}'],
+             ['best selection metric', f'{_fmt(final.get("best_metric"))} at step '
+              f'{final.get("best_step")}']]
+  else:
+    rows.append(['status', 'no final_metrics.json yet (run in progress or stopped)'])
+  out = _table(['run', ''], rows)
+  source = final if final else {f'{b}/{k}': v for b in branches
+                                for k, v in last_eval.get(b, {}).items() if np.ndim(v) == 0}
+  metrics = sorted({k.split('/', 1)[1] for k in source if k.split('/')[0] in branches},
+                   key=plots.metric_order)
+  if metrics:
+    what = 'final evaluation' if final else f'latest evaluation (step {last_eval.get("step")})'
+    out += f'<p>Metrics of the {what}:</p>' + _table(
+        ['metric'] + [plots.branch_label(b) for b in branches],
+        [[plots.PRETTY.get(m, m)] + [source.get(f'{b}/{m}', '') for b in branches] for m in metrics])
+  return out
+
+
+def _page(*, workdir, config, final, last_eval, branches, sections, versions,
+          versions_recorded, rendered) -> str:
+  """The whole index.html; sections are (heading, [(png, caption, table html or None)])."""
+  parts = [f'<!doctype html><html><head><meta charset="utf-8"><title>Run report: '
+           f'{html.escape(os.path.basename(workdir))}</title><style>{_CSS}</style></head><body>',
+           f'<h1>Run report</h1><p class="meta">{html.escape(workdir)} &middot; rendered '
+           f'{html.escape(rendered)}</p>']
+  toc = ['Summary'] + [h for h, _ in sections] + ['Configuration', 'Software']
+  parts.append('<p>' + ' &middot; '.join(
+      f'<a href="#{h.lower().replace(" ", "-")}">{h}</a>' for h in toc) + '</p>')
+  parts.append('<h2 id="summary">Summary</h2>' + _summary(config, final, last_eval, branches))
+  for heading, items in sections:
+    parts.append(f'<h2 id="{heading.lower().replace(" ", "-")}">{html.escape(heading)}</h2>')
+    for png, caption, table in items:
+      parts.append(f'<figure><img src="{png}" alt="{html.escape(caption)}">'
+                   f'<figcaption>{html.escape(caption)}</figcaption>{table or ""}</figure>')
+  parts.append('<h2 id="configuration">Configuration</h2><details open><summary>config.json'
+               f'</summary><pre>{html.escape(json.dumps(config, indent=2))}</pre></details>')
+  note = ('recorded by the run (versions.json)' if versions_recorded else
+          'of the environment that rendered this report; the run recorded none')
+  parts.append(f'<h2 id="software">Software</h2><p>Versions {note}.</p>'
+               + _table(['package', 'version'], [[k, v] for k, v in versions.items()]))
+  parts.append('</body></html>')
+  return '\n'.join(parts)
+
+
+def _class_items(last: dict, branches: list[str], multilabel: bool, names: list[str],
+                 out: str) -> list[tuple]:
+  """Confusion matrices (single-label) or per-class AP bars (multi-label) of one evaluation."""
+  step = last.get('step')
+  if multilabel:
+    ap = {b: np.asarray(last[b]['per_class_ap']) for b in branches}
+    plots.per_class_ap(ap, names, os.path.join(out, 'per_class_ap.png'),
+                       f'Per-class average precision, step {step}')
+    return [('per_class_ap.png', 'Average precision of each class (step-wise, as reported).',
+             None)]
+  items = []
+  for b in branches:
+    plots.confusion(last[b]['confusion'], names, os.path.join(out, f'confusion_{b}.png'),
+                    f'{plots.branch_label(b)}: confusion matrix, step {step} '
+                    f'(top-1 {last[b].get("top1", float("nan")):.3f})')
+    items.append((f'confusion_{b}.png', 'Rows are the true class, normalised to 1.', None))
+  return items
+
+
+def _prediction_items(preds: dict, multilabel: bool, threshold: float, out: str) -> list[tuple]:
+  """The map of evaluation samples and, where predictions carry them, per-country/season."""
+  points = {}
+  for b, arrays in preds.items():
+    s = sample_scores(arrays, multilabel, threshold)
+    points[b] = {'lat': arrays['lat'], 'lon': arrays['lon'],
+                 **({'score': s} if multilabel else {'correct': s > 0.5})}
+  step = int(next(iter(preds.values())).get('step', -1))
+  plots.sample_map(points, os.path.join(out, 'map.png'),
+                   f'Evaluation samples by location, step {step}')
+  if max(len(a['lat']) for a in preds.values()) > plots.MAP_MAX_POINTS:
+    legend = 'Hexagonal cells coloured by the mean score of their samples'
+  else:
+    legend = 'Dots coloured by their score' if multilabel else ('Green dots: correct; red '
+                                                                'crosses: wrong')
+  score = f'per-sample F1 of the labels with logit > {threshold}' if multilabel else 'accuracy'
+  items = [('map.png', f'Longitude/latitude in degrees with equal aspect (no basemap). '
+            f'{legend}. Score: {score}.', None)]
+  key = 'micro_map' if multilabel else 'accuracy'
+  for field in ('country', 'season'):
+    have = [b for b, a in preds.items() if field in a]
+    if not have:
+      continue
+    tables = {b: group_metrics(preds[b], field, multilabel, threshold) for b in have}
+    rows = tables[have[0]]
+    by_group = {b: {r['group']: r[key] for r in tables[b]} for b in have}
+    plots.group_bars([r['group'] for r in rows],
+                     {b: np.array([by_group[b].get(r['group'], np.nan) for r in rows])
+                      for b in have},
+                     [r['n'] for r in rows], os.path.join(out, f'by_{field}.png'),
+                     f'{plots.PRETTY[key]} per {field}, step {step}', plots.PRETTY[key])
+    items.append((f'by_{field}.png', f'Metrics per {field}' + (
+        '; macro mAP averages the classes present in the group.' if multilabel else '.'),
+                  _group_table(tables, field)))
+  return items
+
+
+def write_report(workdir: str) -> str:
+  """Renders the report of the run in `workdir`.
+
+  Args:
+    workdir: a training workdir (see the module docstring for what is read).
+
+  Returns:
+    Path of WORKDIR/report/index.html. Every PNG it links lies next to it; PNGs of a previous
+    rendering are removed first.
+  """
+  run = load_run(workdir)
+  out = os.path.join(workdir, 'report')
+  os.makedirs(out, exist_ok=True)
+  for old in glob.glob(os.path.join(out, '*.png')):
+    os.remove(old)
+  config, series, evals, preds = run['config'], run['series'], run['evals'], run['predictions']
+  last = evals[max(evals)] if evals else {}
+  branches = [k for k, v in last.items() if isinstance(v, dict)] or sorted(preds)
+  multilabel = bool(config.get('multilabel', any('per_class_ap' in last[b] for b in branches)))
+  sections = []  # (heading, [(png, caption, html table or None)]).
+
+  items = []
+  for name, title, caption, panels in plots.training_figures(series):
+    plots.curves(panels, os.path.join(out, name), title)
+    items.append((name, caption, None))
+  if items:
+    sections.append(('Training', items))
+  panels = plots.eval_panels(series, branches, 'macro_map' if multilabel else 'top1')
+  if panels:
+    plots.curves(panels, os.path.join(out, 'eval_metrics.png'),
+                 'Evaluation metrics (EMA weights)', (run['final'] or {}).get('best_step'), 3)
+    sections.append(('Evaluation over training', [
+        ('eval_metrics.png', f'On the {last.get("split", "evaluation")} split; the dotted '
+         'line marks the checkpoint selected as best.', None)]))
+  items = []
+  if branches and last:
+    num_classes = len(last[branches[0]]['per_class_ap' if multilabel else 'confusion'])
+    items += _class_items(last, branches, multilabel, class_names(config, num_classes), out)
+  if preds:
+    items += _prediction_items(preds, multilabel, float(config.get('f1_threshold', 0.5)), out)
+  if items:
+    sections.append(('Latest evaluation', items))
+
+  versions, recorded = run['versions'], True
+  if not versions:
+    versions, recorded = package_versions(), False
+  page = _page(workdir=os.path.abspath(workdir), config=config, final=run['final'],
+               last_eval=last, branches=branches, sections=sections, versions=versions,
+               versions_recorded=recorded,
+               rendered=datetime.datetime.now().isoformat(timespec='seconds'))
+  path = os.path.join(out, 'index.html')
+  with open(path, 'w') as f:
+    f.write(page)
+  return path
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 1:
+    print('usage: python -m stssl_jax.report WORKDIR', file=sys.stderr)
+    return 2
+  print(write_report(argv[0]))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
