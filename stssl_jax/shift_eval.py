@@ -47,8 +47,13 @@ def shift_meta(m: np.ndarray, *, no_loc=False, no_time=False, dlat=0.0, dlon=0.0
   return m
 
 
-def variants(config):
-  """(name, branch, shift kwargs) rows; `shift_*` fields come from config.eval_shift."""
+def variants(config, stssl=True):
+  """(name, branch, shift kwargs) rows; `shift_*` fields come from config.eval_shift.
+
+  A plain (image-only) run has one row: its model on every split.
+  """
+  if not stssl:
+    return [(f'{config.algorithm} (image only)', 'plain', {})]
   s = config.eval_shift
   rows = [('student (image only)', 'student', {}), ('teacher, true metadata', 'teacher', {}),
           ('teacher, no_loc', 'teacher', {'no_loc': True}),
@@ -64,7 +69,7 @@ def _load_params(config, workdir, model, algo):
   """EMA params of the best checkpoint, else of the latest one."""
   s = config.data.image_size
   x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
-  args = (x, jnp.zeros((1, 4), jnp.float32)) if algo.stssl else (x,)
+  args = (x, jnp.zeros((1, 4), jnp.float32)) if algo.uses_meta else (x,)
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args)['params'])
   ckpt = checkpoint.Checkpointer(workdir)
   try:
@@ -104,9 +109,6 @@ def _evaluate(config, params, forward, split, branch, shift):
 def run(config, workdir: str) -> list[dict]:
   """Evaluates every variant on every split; writes CSV, Markdown and a bar chart."""
   algo = algorithms.get(config.algorithm)
-  if not algo.stssl:
-    raise ValueError(f'eval_shift needs an STSSL run (teacher + student), got '
-                     f'{config.algorithm!r}')
   model = models.build_model(config)
   params, source = _load_params(config, workdir, model, algo)
   fwd = jax.jit(lambda p, x, m, branch: steps._forward(model, p, x, m, None, False, branch)[0],  # pylint: disable=protected-access
@@ -116,7 +118,7 @@ def run(config, workdir: str) -> list[dict]:
   key = 'macro_map' if config.multilabel else 'top1'
   rows = []
   for split in splits:
-    for name, branch, shift in variants(config):
+    for name, branch, shift in variants(config, algo.stssl):
       summary = _evaluate(config, params, fwd, split, branch, shift)
       rows.append({'split': split, 'model': name, key: summary[key], 'loss': summary['loss']})
   _write(rows, key, os.path.join(workdir, 'shift_eval'), source)
