@@ -35,6 +35,7 @@ def get_config(arg=None):
   c.data.ms_policy = 'kornia_0_7_2'  # Multi-band RandAugment: kornia_0_7_0 | _0_7_2 | _0_7_3.
   c.data.ms_posterize_quirk = True  # [QUIRK] kornia 0.7 posterizes to 0 bits (black); False: 4.
   c.data.ms_solarize_add_threshold = -1.0  # < 0: U(0, 1) per image (kornia 0.7); else fixed.
+  c.data.ms_saturation = 'hsv'  # 'hsv': kornia's (any C, blend to band max) | 'luma' (RGB).
   c.data.no_loc = False  # METHOD 1.4: lat = lon = 0 everywhere.
   c.data.no_time = False  # METHOD 1.4: every date 2017-01-01.
   c.data.dummy_date = '2000-1-1 00:00:00'  # Date for datasets without dates (EuroSAT).

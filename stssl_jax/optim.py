@@ -40,9 +40,32 @@ def decay_mask(params, exclude_tokens: bool):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def frozen_mask(params):
+  """True for leaves that are never trained: the teacher backbone's aux head (quirk Q1).
+
+  The original never gives it a gradient, so AdamW skips it entirely, weight decay included;
+  it exists only for STSSL-CDMAD's released bias (METHOD 7.5).
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(getattr(k, 'key', None) == 'aux_head' for k in path), params)
+
+
 def make_optimizer(config, params, stssl: bool):
-  """optax AdamW (PyTorch defaults) whose decay is scaled by the current LR, no clipping."""
+  """optax AdamW (PyTorch defaults) whose decay is scaled by the current LR, no clipping.
+
+  Args:
+    config: run config (lr, warmup_steps, num_steps, cosine_factor, weight_decay, wd_quirk).
+    params: param pytree (for the masks).
+    stssl: whether the model is the STSSL wrapper (teacher and/or student), whose tokens are
+      decayed under `wd_quirk`.
+  Returns:
+    (optax GradientTransformation, LR schedule).
+  """
   schedule = lr_schedule(config.lr, config.warmup_steps, config.num_steps, config.cosine_factor)
   exclude = not stssl or not config.wd_quirk
-  return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay,
-                     mask=decay_mask(params, exclude_tokens=exclude)), schedule
+  tx = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay,
+                   mask=decay_mask(params, exclude_tokens=exclude))
+  frozen = frozen_mask(params)
+  if any(jax.tree_util.tree_leaves(frozen)):
+    tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+  return tx, schedule

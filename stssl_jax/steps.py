@@ -2,8 +2,13 @@
 
 Batch keys (STYLE habit 7), global shapes:
   lb_image [B_l, S, S, 3], lb_label [B_l] (or [B_l, C]), lb_meta [B_l, 4],
+  lb_image_strong [B_l, S, S, 3] (only for algorithms that need 'lb_strong': DeFixMatch),
   ulb_image_weak / ulb_image_strong [B_u, S, S, 3], ulb_meta [B_u, 4],
   ulb_label [B_u] (true labels: diagnostics only, never in a loss).
+
+Rows of the differentiated forwards: labeled `[x_l]` (or `[x_l; x_l,s]`), then the strong
+unlabeled views; the STSSL teacher sees them with metadata, the student without. The
+pseudo-labeller's weak forward (and CDMAD's blank image) runs outside the gradient.
 Eval batch keys: image [B, S, S, 3], label [B], meta [B, 4], mask [B] bool.
 """
 
@@ -13,14 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stssl_jax import metrics as metrics_lib
-from stssl_jax.algorithms import stssl as stssl_wrapper
+from stssl_jax import algorithms, metrics as metrics_lib
+from stssl_jax.algorithms import cdmad, common, stssl as stssl_wrapper
 from stssl_jax.models.stssl import STSSLModel
 from stssl_jax.train_state import TrainState
 
 
 def _forward(model, params, x, meta, rng, train, branch):
-  """(logits, feats) of one branch: 'teacher' (needs meta), 'student' or 'plain'."""
+  """(logits, feats) of one branch: 'teacher' (meta, or None for no token), 'student', 'plain'."""
   rngs = {'dropout': rng} if train else {}
   variables = {'params': params}
   if branch == 'teacher':
@@ -30,14 +35,81 @@ def _forward(model, params, x, meta, rng, train, branch):
   return model.apply(variables, x, train=train, rngs=rngs)
 
 
+def blank_bias(model, params, like, rng, train, algo, config):
+  """CDMAD's bias b [1, C]: logits of an all-ones image (normalised space), no gradient.
+
+  Plain models use their own head. STSSL uses the teacher without its metadata token, read
+  from the aux head (`cdmad.bias_head = 'quirk'`, released) or the joint head.
+  """
+  white = jnp.ones((1,) + like.shape[1:], like.dtype)
+  if algo.uses_meta:
+    logits, feats = _forward(model, params, white, None, rng, train, 'teacher')
+    if config.cdmad.bias_head == 'quirk':
+      logits = feats['aux_logits']
+    elif config.cdmad.bias_head != 'joint_head':
+      raise ValueError(f'cdmad.bias_head must be quirk or joint_head, got '
+                       f'{config.cdmad.bias_head!r}')
+  else:
+    logits, _ = _forward(model, params, white, None, rng, train, 'plain')
+  return jax.lax.stop_gradient(logits)
+
+
 def _pseudo_label_quality(targets, true_labels, multilabel):
-  """Accuracy of the accepted pseudo-labels and the mask ratio (single-label)."""
-  if multilabel:
+  """Accuracy of the accepted pseudo-labels and the mask ratio (single-label, hard labels)."""
+  if multilabel or not jnp.issubdtype(targets.label.dtype, jnp.integer):
     return {}
   w = targets.weight
   correct = (targets.label == true_labels).astype(w.dtype)
   return {'pl_acc_masked': jnp.sum(correct * w) / jnp.maximum(jnp.sum(w), 1.0),
           'pl_acc_all': jnp.mean(correct)}
+
+
+def make_targets(state: TrainState, batch, rng, *, model, algo, config):
+  """The pseudo-labeller's weak forward and `base.make_targets`, outside any gradient.
+
+  The weak view only feeds pseudo-labels and statistics (METHOD 4: all of it is computed from
+  detached outputs). The pseudo-labeller is the online teacher (or plain model), or its EMA
+  with `pseudo_label_source = 'ema'` (CAP), which runs with drop-path on under
+  `pseudo_label_ema_train_mode` ([QUIRK] METHOD 7.4). Rows `[x_l; x_w]` when the base needs
+  the weak labeled logits; the original reads those from its differentiated pass instead, so
+  with drop-path on they draw their own stochastic depth here (same distribution; exact when
+  drop-path is off, as in the parity fixtures).
+
+  Returns:
+    (new algorithm state, Targets, metrics dict of scalars).
+  """
+  needs = algo.needs(config)
+  ema = config.pseudo_label_source == 'ema'
+  params = state.ema_params if ema else state.params
+  train = config.pseudo_label_ema_train_mode if ema else True
+  branch = 'teacher' if algo.uses_meta else 'plain'
+  x, meta = batch['ulb_image_weak'], batch['ulb_meta']
+  n_lb = batch['lb_image'].shape[0] if 'weak_lb' in needs else 0
+  if n_lb:
+    x = jnp.concatenate([batch['lb_image'], x])
+    meta = jnp.concatenate([batch['lb_meta'], meta])
+  k_weak, k_bias = rng, jax.random.fold_in(rng, 1)
+  logits, _ = _forward(model, params, x, meta, k_weak, train, branch)
+  logits = jax.lax.stop_gradient(logits)
+  extras = common.Extras(weak_lb=logits[:n_lb] if n_lb else None)
+  if 'bias' in needs:
+    # Current (online) params in training mode, as the original's get_bias.
+    extras = extras._replace(bias=blank_bias(model, state.params, x, k_bias, True, algo,
+                                             config))
+  algo_state, targets, metrics = algo.base.make_targets(state.algo_state, logits[n_lb:], config,
+                                                        state.step, extras)
+  metrics.update(_pseudo_label_quality(targets, batch['ulb_label'], config.multilabel))
+  return algo_state, targets, metrics
+
+
+def _labeled_rows(batch, algo, config):
+  """(images, meta) of the labeled rows: [x_l] or, with labeled strong views, [x_l; x_l,s]."""
+  if 'lb_strong' not in algo.needs(config):
+    return batch['lb_image'], batch['lb_meta']
+  if 'lb_image_strong' not in batch:
+    raise KeyError(f'{config.algorithm} needs labeled strong views: batch["lb_image_strong"]')
+  return (jnp.concatenate([batch['lb_image'], batch['lb_image_strong']]),
+          jnp.concatenate([batch['lb_meta'], batch['lb_meta']]))
 
 
 def loss_and_grads(state: TrainState, batch, *, model, algo, config):
@@ -54,38 +126,31 @@ def loss_and_grads(state: TrainState, batch, *, model, algo, config):
   """
   rng = jax.random.fold_in(state.rng, state.step)
   k_weak, k_t, k_s = jax.random.split(rng, 3)
-  base, multilabel = algo.base, config.multilabel
-  n_lb = batch['lb_image'].shape[0]
+  base = algo.base
   labels = batch['lb_label']
   algo_state, targets, metrics = state.algo_state, None, {}
-
+  x, meta = _labeled_rows(batch, algo, config)
+  n_lb = x.shape[0]
   if algo.uses_unlabeled:
-    # The weak view only feeds pseudo-labels and statistics, so it runs outside the
-    # differentiated function (METHOD 4: all of it is computed from detached outputs).
-    pl_params = state.ema_params if config.pseudo_label_source == 'ema' else state.params
-    branch = 'teacher' if algo.stssl else 'plain'
-    weak_logits, _ = _forward(model, pl_params, batch['ulb_image_weak'], batch['ulb_meta'],
-                              k_weak, True, branch)
-    weak_logits = jax.lax.stop_gradient(weak_logits)
-    algo_state, targets, metrics = base.make_targets(algo_state, weak_logits, config, state.step)
-    metrics.update(_pseudo_label_quality(targets, batch['ulb_label'], multilabel))
-    x = jnp.concatenate([batch['lb_image'], batch['ulb_image_strong']])
-    meta = jnp.concatenate([batch['lb_meta'], batch['ulb_meta']])
-  else:
-    x, meta = batch['lb_image'], batch['lb_meta']
+    algo_state, targets, metrics = make_targets(state, batch, k_weak, model=model, algo=algo,
+                                                config=config)
+    x = jnp.concatenate([x, batch['ulb_image_strong']])
+    meta = jnp.concatenate([meta, batch['ulb_meta']])
 
   def loss_fn(params):
     if algo.stssl:
       t_out = _forward(model, params, x, meta, k_t, True, 'teacher')
       s_out = _forward(model, params, x, None, k_s, True, 'student')
-      return stssl_wrapper.losses(base, config, state.step, algo_state, targets, labels,
-                                  t_out, s_out, n_lb)
-    logits, _ = _forward(model, params, x, None, k_t, True, 'plain')
+      loss, terms, new_state = stssl_wrapper.step_losses(
+          base, config, state.step, algo_state, targets, labels, t_out, s_out, n_lb)
+      return loss, (terms, new_state)
+    branch = 'teacher' if algo.teacher_only else 'plain'
+    logits, _ = _forward(model, params, x, meta, k_t, True, branch)
     loss, terms = base.loss_terms(logits[:n_lb], labels, logits[n_lb:], targets, algo_state,
                                   config, state.step)
-    return loss, terms
+    return loss, (terms, algo_state)
 
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (terms, algo_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   metrics.update(terms)
   metrics['loss'] = loss
   return grads, algo_state, metrics
@@ -115,7 +180,22 @@ def train_step(state: TrainState, batch, *, model, algo, config, tx):
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model, config, branch):
+def eval_logits(params, batch, *, model, algo, config, branch, num_updates=None):
+  """Logits [B, C] of `branch` on an eval batch, in eval mode (drop-path off).
+
+  CDMAD subtracts the blank-image bias of the same (EMA) params, computed in eval mode and
+  gated by the number of updates done (`cdmad.debias_eval`; METHOD 7.5). STSSL-CDMAD takes
+  the teacher-derived bias for every branch, as the original does for the student.
+  """
+  logits, _ = _forward(model, params, batch['image'], batch['meta'], None, False, branch)
+  if 'bias' in algo.needs(config):
+    bias = blank_bias(model, params, batch['image'], None, False, algo, config)
+    step = num_updates if num_updates is not None else jnp.iinfo(jnp.int32).max
+    logits = cdmad.debias_eval(logits, bias, config, step)
+  return logits
+
+
+def eval_step(params, batch, *, model, config, branch, algo=None, num_updates=None):
   """Sufficient statistics of one padded eval batch (summed over valid rows).
 
   Args:
@@ -124,11 +204,14 @@ def eval_step(params, batch, *, model, config, branch):
     model: the model.
     config: run config.
     branch: 'student' or 'plain' (image only) or 'teacher' (with metadata).
+    algo: algorithms.Algorithm (default: from config.algorithm).
+    num_updates: int32 scalar, updates done so far (CDMAD's bias gate; None: bias on).
   Returns:
     dict: confusion [C, C] counts, loss_sum scalar, count scalar.
   """
-  logits, _ = _forward(model, params, batch['image'], batch['meta'], None, False, branch)
-  del config
+  algo = algo or algorithms.get(config.algorithm)
+  logits = eval_logits(params, batch, model=model, algo=algo, config=config, branch=branch,
+                       num_updates=num_updates)
   return {'confusion': metrics_lib.confusion_update(logits, batch['label'], batch['mask']),
           'loss_sum': metrics_lib.ce_sum(logits, batch['label'], batch['mask']),
           'count': jnp.sum(batch['mask'].astype(jnp.float32))}

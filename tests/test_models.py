@@ -325,6 +325,10 @@ def test_build_model():
   for algorithm in ('supervised', 'fixmatch'):
     config.algorithm = algorithm
     assert isinstance(stssl.build_model(config), stssl.PlainViT)
-  config.algorithm = 'st_supervised'
-  with pytest.raises(NotImplementedError):
-    stssl.build_model(config)
+  config.algorithm = 'st_supervised'  # The teacher branch alone (METHOD 2.6).
+  model = stssl.build_model(config)
+  assert isinstance(model, stssl.STSSLModel) and not model.with_student
+  config.algorithm, config.cdmad.bias_head = 'stssl_cdmad', 'quirk'
+  assert stssl.build_model(config).aux_head  # The released bias reads the aux head.
+  config.cdmad.bias_head = 'joint_head'
+  assert not stssl.build_model(config).aux_head

@@ -26,7 +26,8 @@ def synthetic_batch(config, seed=0):
   meta = lambda n: r.uniform(-1, 1, (n, 4)).astype(np.float32)
   return {'lb_image': img(b_l), 'lb_label': r.integers(0, 10, b_l).astype(np.int32),
           'lb_meta': meta(b_l), 'ulb_image_weak': img(b_u), 'ulb_image_strong': img(b_u),
-          'ulb_meta': meta(b_u), 'ulb_label': r.integers(0, 10, b_u).astype(np.int32)}
+          'ulb_meta': meta(b_u), 'ulb_label': r.integers(0, 10, b_u).astype(np.int32),
+          'lb_image_strong': img(b_l)}
 
 
 def build(config, devices=None):
@@ -94,7 +95,8 @@ def test_teacher_and_student_gradients_do_not_cross():
   assert any(np.any(x != 0) for x in _leaves(g['student']))
 
 
-@pytest.mark.parametrize('name', ['supervised', 'fixmatch'])
+@pytest.mark.parametrize('name', ['supervised', 'fixmatch', 'freematch', 'softmatch',
+                                  'defixmatch', 'cdmad', 'udal'])
 def test_baselines_step(name):
   config = test_config.get_config(name)
   config.warmup_steps = 0
@@ -119,6 +121,8 @@ from tests.test_train_step import build, synthetic_batch
 assert len(jax.devices()) == 8, jax.devices()
 config = test_config.get_config(sys.argv[2])
 config.warmup_steps = 0
+# FreeMatch: leave the supervised warm-up after step 0 and move the statistics visibly.
+config.freematch.sup_warmup_steps, config.freematch.ema_p = 1, 0.9
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
   state, step, mesh = build(config, devices)
@@ -139,8 +143,9 @@ print('MAXDIFF', worst, 'KBIAS', kbias)
 '''
 
 
-@pytest.mark.parametrize('name', ['stssl_fixmatch'])
+@pytest.mark.parametrize('name', ['stssl_fixmatch', 'stssl_freematch'])
 def test_data_parallel_8_devices_equals_1(name, tmp_path):
+  """Same state (FreeMatch: also its thresholds, from global-batch statistics) on 8 devices."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   script = tmp_path / 'dp.py'
@@ -169,3 +174,35 @@ def test_init_from_pretrained_npz_fills_both_backbones(tmp_path):
                                   state.params[branch]['head']['kernel'])
   for a, b in zip(_leaves(new.params), _leaves(new.ema_params)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('bias_head', ['quirk', 'joint_head'])
+def test_cdmad_eval_subtracts_the_teachers_blank_image_bias(bias_head):
+  """STSSL-CDMAD evaluates the student minus the teacher's blank-image logits (METHOD 7.5)."""
+  config = test_config.get_config('stssl_cdmad')
+  config.cdmad.debias_start, config.cdmad.bias_head = 3, bias_head
+  config.warmup_steps = 0
+  state, _, _ = build(config)
+  model, algo = models.build_model(config), algorithms.get(config.algorithm)
+  assert model.aux_head == (bias_head == 'quirk')
+  b = synthetic_batch(config)
+  batch = {'image': b['lb_image'], 'label': b['lb_label'], 'meta': b['lb_meta'],
+           'mask': np.ones(len(b['lb_label']), bool)}
+  p = state.ema_params
+  raw, _ = model.apply({'params': p}, batch['image'], method=models.STSSLModel.student)
+  t_logits, t_feats = model.apply({'params': p}, jnp.ones((1, 16, 16, 3)), None,
+                                  method=models.STSSLModel.teacher)
+  bias = t_feats['aux_logits'] if bias_head == 'quirk' else t_logits
+  logits = lambda n: steps.eval_logits(p, batch, model=model, algo=algo, config=config,
+                                       branch='student', num_updates=n)
+  np.testing.assert_allclose(logits(3), raw, rtol=1e-6)  # Update index 2 < 3: no bias yet.
+  np.testing.assert_allclose(logits(4), raw - bias, rtol=1e-5, atol=1e-6)
+  # The aux head is frozen: no update, no weight decay (quirk Q1); everything else moves.
+  if bias_head == 'quirk':
+    state, step, _ = build(config)
+    new, _ = step(state, b)
+    for x, y in zip(_leaves(state.params['teacher']['aux_head']),
+                    _leaves(new.params['teacher']['aux_head'])):
+      np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(state.params['teacher']['head']['kernel'],
+                              new.params['teacher']['head']['kernel'])

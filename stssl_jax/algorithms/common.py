@@ -33,6 +33,43 @@ def float_dtype():
   return jnp.result_type(float)
 
 
+def safe_div(a, b):
+  """a / b with b = 0 replaced by 1 (the result is then unused or 0)."""
+  return a / jnp.where(b == 0, 1.0, b)
+
+
+def inv_or_zero(x):
+  """1/x with the infinities from x = 0 set to 0 (the original's replace_inf_to_zero)."""
+  return jnp.where(x == 0, 0.0, 1.0 / jnp.where(x == 0, 1.0, x)).astype(x.dtype)
+
+
+@jax.custom_vjp
+def torch_ratio(num, den):
+  """num / den, differentiated exactly as torch does: (g / den, -g * ((num / den) / den)).
+
+  For FreeMatch's multi-label fairness term: where b = A / (A + B) = 1 exactly (B = 0), its
+  log(1 - b + 1e-12) scales b's cotangent by 1e12, and d b / d A cancels to rounding noise
+  that reaches the gradients (fixture quirk Q6); this formula reproduces the original's noise.
+  """
+  return num / den
+
+
+def _torch_ratio_fwd(num, den):
+  return num / den, (num, den)
+
+
+def _torch_ratio_bwd(res, g):
+  num, den = res
+  # Rounded as torch rounds each step: the barrier keeps XLA from rewriting (num / den) / den
+  # into num / (den * den), and the select (den is never 0) from contracting the product into
+  # an FMA with the cotangent sum; either changes the noise.
+  d_den = -g * (jax.lax.optimization_barrier(num / den) / den)
+  return g / den, jnp.where(den != 0, d_den, 0.0)
+
+
+torch_ratio.defvjp(_torch_ratio_fwd, _torch_ratio_bwd)
+
+
 def ema_update(average, value, momentum: float):
   """`average * m + (1 - m) * value`, the running-statistics EMA of every hook (METHOD 7)."""
   return average * momentum + (1 - momentum) * value

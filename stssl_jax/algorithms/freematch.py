@@ -64,15 +64,6 @@ def make_targets(state, weak_logits, config, step, extras=None):
   return state, targets, {'mask_ratio': targets.weight.mean(), 'time_p': jnp.mean(time_p)}
 
 
-def _inv(x):
-  """1/x with the infinities from x = 0 set to 0 (the original's replace_inf_to_zero)."""
-  return jnp.where(x == 0, 0.0, 1.0 / jnp.where(x == 0, 1.0, x)).astype(x.dtype)
-
-
-def _safe_div(a, b):
-  return a / jnp.where(b == 0, 1.0, b)
-
-
 def fairness_loss(mask, strong_logits, p_model, label_hist, multilabel: bool,
                   empty_class: str = 'nan'):
   """The fairness term `L_fair` (a negative cross-entropy, minimised) and the mean of hs.
@@ -88,28 +79,30 @@ def fairness_loss(mask, strong_logits, p_model, label_hist, multilabel: bool,
     (scalar loss, scalar mean of the strong-view histogram hs). Finite (0-weighted) when the
     mask is empty; the caller adds it only when `sum(mask) > 0`.
   """
-  a_scale = jax.lax.stop_gradient
+  inv = lambda x: jax.lax.stop_gradient(common.inv_or_zero(x))  # The original detaches these.
+  div = common.safe_div
   if not multilabel:
     q = jax.nn.softmax(strong_logits, axis=-1)
-    w = mask[:, None]
-    n = jnp.sum(mask)
-    hs = _safe_div(jnp.sum(jax.nn.one_hot(jnp.argmax(q, -1), q.shape[-1], dtype=q.dtype) * w,
-                           axis=0), n)
-    a = p_model * a_scale(_inv(label_hist))
+    w, n = mask[:, None], jnp.sum(mask)
+    onehot = jax.nn.one_hot(jnp.argmax(q, -1), q.shape[-1], dtype=q.dtype)
+    hs = div(jnp.sum(onehot * w, axis=0), n)
+    a = p_model * inv(label_hist)
     a = a / jnp.sum(a)
-    b = _safe_div(jnp.sum(q * w, axis=0), n) * a_scale(_inv(hs))
-    b = _safe_div(b, jnp.sum(b))
+    b = div(jnp.sum(q * w, axis=0), n) * inv(hs)
+    b = div(b, jnp.sum(b))
     return jnp.sum(a * jnp.log(b + 1e-12)), jnp.mean(hs)
   q = jax.nn.sigmoid(strong_logits)
   s = jnp.sum(mask, axis=0)
-  hs = _safe_div(jnp.sum((q >= 0.5).astype(q.dtype) * mask, axis=0), s)
-  a1 = p_model * a_scale(_inv(label_hist))
-  a0 = (1 - p_model) * a_scale(_inv(1 - label_hist))
+  hs = div(jnp.sum((q >= 0.5).astype(q.dtype) * mask, axis=0), s)
+  a1, a0 = p_model * inv(label_hist), (1 - p_model) * inv(1 - label_hist)
   a = a1 / (a1 + a0)
-  big_a = _safe_div(jnp.sum(q * mask, axis=0), s) * a_scale(_inv(hs))
-  big_b = _safe_div(jnp.sum((1 - q) * mask, axis=0), s) * a_scale(_inv(1 - hs))
-  b = _safe_div(big_a, big_a + big_b)
-  per_class = a * jnp.log(b + 1e-12) + (1 - a) * jnp.log(1 - b + 1e-12)
+  big_a = div(jnp.sum(q * mask, axis=0), s) * inv(hs)
+  big_b = div(jnp.sum((1 - q) * mask, axis=0), s) * inv(1 - hs)
+  b = common.torch_ratio(big_a, jnp.where(big_a + big_b == 0, 1.0, big_a + big_b))
+  # The barrier keeps XLA from folding (1 - b) + 1e-12 into 1.000000000001 - b, which moves
+  # the dominant log(1e-12) of a class with b = 1 by 1e-4 (quirk Q6).
+  not_b = jax.lax.optimization_barrier(1 - b)
+  per_class = a * jnp.log(b + 1e-12) + (1 - a) * jnp.log(not_b + 1e-12)
   per_class = jnp.where(s > 0, per_class, 0.0)
   loss, hs_mean = jnp.sum(per_class), jnp.mean(hs)
   if empty_class == 'nan':

@@ -8,8 +8,9 @@ head_dim) on the output axis like our `Attention.qkv`, so it is a plain transpos
 
 Every conversion is one table of rows (torch name, our path, layout) used in both directions, so
 `to_torch_*` is the exact inverse of `from_torch_*`. Names the table does not use are either
-*ignored* (known unused tensors: each STSSL backbone's aux `head.*`, METHOD 2.1 / quirk Q1, and
-the student placeholder when the model has none) or *unknown* (an error when `strict`).
+*ignored* (known unused tensors: each STSSL backbone's aux `head.*`, METHOD 2.1 / quirk Q1, unless
+the model keeps the teacher's for CDMAD; the student placeholder when the model has none; the
+whole student for the teacher-only `st_supervised`) or *unknown* (an error when `strict`).
 `load_pretrained` merges a timm-style ViT checkpoint (METHOD 2.2) into freshly initialised
 params, reporting unknown keys and shape mismatches.
 """
@@ -92,12 +93,17 @@ def _vit_rows(depth: int) -> list[Row]:
   return _backbone_rows(depth, '', ('backbone',)) + _dense_rows('head.', ('head',))
 
 
-def _stssl_rows(depth: int, placeholder: bool) -> list[Row]:
+def _stssl_rows(depth: int, placeholder: bool, aux_head: bool = False,
+                student: bool = True) -> list[Row]:
   rows = _backbone_rows(depth, 'joint_backbone.', ('teacher', 'backbone'))
   rows += [('joint_backbone.metainfo_pos_embed', ('teacher', 'meta_token'), 'id')]
   rows += _dense_rows('metainfo_enc.fc1.', ('teacher', 'meta_encoder', 'fc1'))
   rows += _dense_rows('metainfo_enc.fc2.', ('teacher', 'meta_encoder', 'fc2'))
   rows += _dense_rows('joint_head.', ('teacher', 'head'))
+  if aux_head:
+    rows += _dense_rows('joint_backbone.head.', ('teacher', 'aux_head'))
+  if not student:
+    return rows
   rows += _backbone_rows(depth, 'student_backbone.', ('student', 'backbone'))
   if placeholder:
     rows += [('student_backbone.metainfo_pos_embed', ('student', 'placeholder'), 'id')]
@@ -181,7 +187,8 @@ def from_torch_vit(state: Mapping[str, Any], *, strict: bool = True, dtype: Opti
   return (params, report) if return_report else params
 
 
-def from_torch_stssl(state: Mapping[str, Any], *, placeholder: bool = True, strict: bool = True,
+def from_torch_stssl(state: Mapping[str, Any], *, placeholder: bool = True,
+                     aux_head: bool = False, student: bool = True, strict: bool = True,
                      dtype: Optional[Any] = None, return_report: bool = False):
   """Converts an `EarlyFusionArch` state dict (fixture README 4.1) to `STSSLModel` params.
 
@@ -191,20 +198,29 @@ def from_torch_stssl(state: Mapping[str, Any], *, placeholder: bool = True, stri
   Args:
     state: torch name -> array, optionally prefixed by `module.`.
     placeholder: whether the target student has the placeholder token.
+    aux_head: map the teacher backbone's aux head `joint_backbone.head.*` to
+      ('teacher', 'aux_head') (STSSL-CDMAD's released bias, METHOD 7.5).
+    student: whether the target has a student; False (`st_supervised`) ignores every
+      `student_*` tensor.
     strict: raise ValueError on unknown or missing names.
     dtype: cast every tensor to this dtype (None keeps the source dtype).
     return_report: also return the `ConversionReport`.
 
   Returns:
-    {'teacher': {'backbone', 'meta_encoder', 'meta_token', 'head'},
+    {'teacher': {'backbone', 'meta_encoder', 'meta_token', 'head', ['aux_head']},
      'student': {'backbone', ['placeholder'], 'head'}} as numpy arrays (and the report if asked).
   """
   names = strip_prefix(state)
   depth = max(_depth(names, 'joint_backbone.'), _depth(names, 'student_backbone.'))
-  ignore = r'(joint|student)_backbone\.head\.(weight|bias)'
+  ignore = [r'student_backbone\.head\.(weight|bias)']
+  if not aux_head:
+    ignore.append(r'joint_backbone\.head\.(weight|bias)')
   if not placeholder:
-    ignore += r'|student_backbone\.metainfo_pos_embed'
-  params, report = _import(state, _stssl_rows(depth, placeholder), ignore, strict, dtype)
+    ignore.append(r'student_backbone\.metainfo_pos_embed')
+  if not student:
+    ignore.append(r'student_.*')
+  rows = _stssl_rows(depth, placeholder, aux_head, student)
+  params, report = _import(state, rows, '|'.join(ignore), strict, dtype)
   return (params, report) if return_report else params
 
 
@@ -223,9 +239,12 @@ def to_torch_vit(params: Mapping) -> dict[str, np.ndarray]:
 
 
 def to_torch_stssl(params: Mapping) -> dict[str, np.ndarray]:
-  """Inverse of `from_torch_stssl` (aux heads are not produced: we have none)."""
+  """Inverse of `from_torch_stssl` (the student's aux head is never produced: we have none)."""
   depth = _param_depth(params['teacher']['backbone'])
-  return _export(params, _stssl_rows(depth, 'placeholder' in params['student']))
+  student = 'student' in params
+  placeholder = student and 'placeholder' in params['student']
+  rows = _stssl_rows(depth, placeholder, 'aux_head' in params['teacher'], student)
+  return _export(params, rows)
 
 
 def _backbone_paths(tree: Mapping, path: Path = ()) -> list[Path]:

@@ -7,8 +7,11 @@ Every model returns `(logits [B, C], feats)` with named features:
   checkpoints treat it as a single pytree (big_vision's distill keeps teacher and student the
   same way):
 
-    {'teacher': {'backbone', 'meta_encoder', 'meta_token' [1, 1, D], 'head'},
+    {'teacher': {'backbone', 'meta_encoder', 'meta_token' [1, 1, D], 'head',
+                 'aux_head' (only STSSL-CDMAD's released bias)},
      'student': {'backbone', 'placeholder' [1, 1, D] (only with distillation), 'head'}}
+
+  (no 'student' for `st_supervised`, the teacher branch alone).
 
   `STSSLModel.teacher(x, meta)` sees image + metadata token t_m = E(m) + p_T (appended last,
   after the position embedding); `STSSLModel.student(x)` sees the image only, plus the learned
@@ -77,16 +80,24 @@ class TeacherBranch(nn.Module):
   num_classes: int
   drop_path: float = 0.0
   dtype: Optional[Dtype] = None
+  aux_head: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, meta: jax.Array, train: bool = False,
+  def __call__(self, x: jax.Array, meta: Optional[jax.Array], train: bool = False,
                return_tokens: bool = False) -> tuple[jax.Array, Feats]:
     width = vit.get_variant(self.variant)['width']
-    embed = metadata.MetadataEncoder(width, self.dtype, name='meta_encoder')(meta)  # [B, D]
-    p_t = self.param('meta_token', _token_init, (1, 1, width))
-    token = embed[:, None, :] + jnp.asarray(p_t, embed.dtype)
+    token, feats = None, {}
+    if meta is not None:
+      embed = metadata.MetadataEncoder(width, self.dtype, name='meta_encoder')(meta)  # [B, D]
+      p_t = self.param('meta_token', _token_init, (1, 1, width))
+      token = embed[:, None, :] + jnp.asarray(p_t, embed.dtype)
+      feats['meta_embed'] = embed
     z = _encoder(self.variant, self.drop_path, self.dtype)(x, token, train=train)
-    feats = {'cls': z[:, 0], 'meta': z[:, -1], 'meta_embed': embed}
+    feats.update(cls=z[:, 0], meta=z[:, -1])
+    if self.aux_head:
+      # The backbone's own classifier, never trained (quirk Q1); only CDMAD's bias reads it.
+      feats['aux_logits'] = vit.torch_dense(self.num_classes, width, self.dtype,
+                                            'aux_head')(z[:, 0])
     if return_tokens:
       feats['tokens'] = z
     return _head(self.num_classes, width, self.dtype)(z[:, 0]), feats
@@ -126,33 +137,41 @@ class STSSLModel(nn.Module):
     drop_path: maximum stochastic-depth rate (both backbones).
     placeholder: whether the student appends the learned placeholder token p_S (distillation on).
     dtype: compute dtype (None: follow inputs and params).
+    aux_head: also build the teacher backbone's own (untrained) classifier,
+      params['teacher']['aux_head'] (only STSSL-CDMAD's released bias reads it, METHOD 7.5).
+    with_student: build the student; False for `st_supervised` (teacher branch alone).
   """
   variant: str
   num_classes: int
   drop_path: float = 0.0
   placeholder: bool = True
   dtype: Optional[Dtype] = None
+  aux_head: bool = False
+  with_student: bool = True
 
   def setup(self):
     # Explicit names give the tree keys 'teacher'/'student' without clashing with the methods.
     self.teacher_branch = TeacherBranch(self.variant, self.num_classes, self.drop_path,
-                                        self.dtype, name='teacher')
-    self.student_branch = StudentBranch(self.variant, self.num_classes, self.drop_path,
-                                        self.placeholder, self.dtype, name='student')
+                                        self.dtype, self.aux_head, name='teacher')
+    if self.with_student:
+      self.student_branch = StudentBranch(self.variant, self.num_classes, self.drop_path,
+                                          self.placeholder, self.dtype, name='student')
 
-  def teacher(self, x: jax.Array, meta: jax.Array, train: bool = False,
+  def teacher(self, x: jax.Array, meta: Optional[jax.Array], train: bool = False,
               return_tokens: bool = False) -> tuple[jax.Array, Feats]:
     """Teacher forward.
 
     Args:
       x: [B, H, W, C] images.
-      meta: [B, 4] encoded metadata (`metadata.encode`).
+      meta: [B, 4] encoded metadata (`metadata.encode`), or None to leave the metadata token
+        out (CDMAD's blank-image bias; then feats['meta'] is the last patch token).
       train: enables drop-path (needs the 'dropout' rng when drop_path > 0).
       return_tokens: also return feats['tokens'] (diagnostics / parity tests).
 
     Returns:
-      logits [B, C]; feats {'cls': [B, D], 'meta': [B, D] final-LN output of the metadata
-      token, 'meta_embed': [B, D] encoder output E(m)} (+ 'tokens' [B, N+2, D]).
+      logits [B, C] of the joint head; feats {'cls': [B, D], 'meta': [B, D] final-LN output
+      of the metadata token, 'meta_embed': [B, D] encoder output E(m)} (+ 'aux_logits'
+      [B, C] with the aux head, + 'tokens' [B, N+2, D]).
     """
     return self.teacher_branch(x, meta, train, return_tokens)
 
@@ -172,8 +191,9 @@ class STSSLModel(nn.Module):
     return self.student_branch(x, train, return_tokens)
 
   def __call__(self, x: jax.Array, meta: jax.Array, train: bool = False):
-    """Runs both branches (used by `init`). Returns ((t_logits, t_feats), (s_logits, s_feats))."""
-    return self.teacher(x, meta, train), self.student(x, train)
+    """Runs both branches (used by `init`). Returns ((t_logits, t_feats), (s_logits, s_feats)),
+    the student part None without a student."""
+    return self.teacher(x, meta, train), (self.student(x, train) if self.with_student else None)
 
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
@@ -183,26 +203,25 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.floa
 def build_model(config) -> nn.Module:
   """Builds the model for `config.algorithm`.
 
-  `supervised` / `fixmatch` (and any other non-`stssl_` algorithm) give a `PlainViT`; `stssl_*`
-  give an `STSSLModel` whose student has the placeholder iff `config.distill != 'none'` and
-  `config.lambda_d > 0` (METHOD 2.4).
+  `supervised`, `fixmatch`, ... (no `stssl_` prefix) give a `PlainViT`; `stssl_*` give an
+  `STSSLModel` whose student has the placeholder iff `config.distill != 'none'` and
+  `config.lambda_d > 0` (METHOD 2.4), and whose teacher has the aux head for STSSL-CDMAD with
+  `cdmad.bias_head = 'quirk'`. `st_supervised` gives the teacher branch alone (METHOD 2.6).
 
   Args:
     config: ConfigDict with model.variant, model.num_classes, model.drop_path, dtype,
-      algorithm, distill, lambda_d.
+      algorithm, distill, lambda_d (and cdmad.bias_head for stssl_cdmad).
 
   Returns:
     An unbound flax module.
-
-  Raises:
-    NotImplementedError: for `st_supervised` (METHOD 2.6), not built yet.
   """
-  if config.algorithm == 'st_supervised':
-    raise NotImplementedError('st_supervised (teacher branch only) is not built yet')
   dtype = _DTYPES[config.dtype] if isinstance(config.dtype, str) else config.dtype
   kwargs = dict(variant=config.model.variant, num_classes=config.model.num_classes,
                 drop_path=config.model.drop_path, dtype=dtype)
+  if config.algorithm == 'st_supervised':
+    return STSSLModel(placeholder=False, with_student=False, **kwargs)
   if config.algorithm.startswith('stssl_'):
     placeholder = config.distill != 'none' and config.lambda_d > 0
-    return STSSLModel(placeholder=placeholder, **kwargs)
+    aux_head = config.algorithm == 'stssl_cdmad' and config.cdmad.bias_head == 'quirk'
+    return STSSLModel(placeholder=placeholder, aux_head=aux_head, **kwargs)
   return PlainViT(**kwargs)

@@ -1,0 +1,52 @@
+"""CDMAD (METHOD 7.5): classifier debiasing with the logits of a blank image.
+
+Protocol as in fixmatch.py; the loss is FixMatch's with soft targets. From step
+`cdmad.debias_start` on, the bias b [1, C] is the pseudo-labeller's logits for an all-ones
+image (in normalised input space), computed by the train step without gradient and in
+training mode (`extras.bias`); before that b = 0. Targets are `prob(sg[z_w] - b)` and the
+fixed-threshold mask is applied to them. At evaluation the same b, from the EMA weights in
+eval mode, is subtracted from the evaluated logits (`debias_eval`).
+
+STSSL: b is the teacher's output on the blank image without its metadata token, read from
+the teacher backbone's untrained aux head (`cdmad.bias_head = 'quirk'`, released) or from
+the trained joint head ('joint_head'); the model builds the aux head only in the first case.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from stssl_jax.algorithms import common, fixmatch
+from stssl_jax.algorithms.fixmatch import Targets, loss_terms  # pylint: disable=unused-import
+
+State = fixmatch.State
+init_state = fixmatch.init_state
+BIAS_HEADS = ('quirk', 'joint_head')
+
+
+def needs(config):
+  del config
+  return {'bias'}
+
+
+def bias_active(config, step):
+  """Whether the bias applies at update `step` (0-based)."""
+  return step >= config.cdmad.debias_start
+
+
+def make_targets(state, weak_logits, config, step, extras=None):
+  """Soft targets `prob(z_w - b)` [B_u, C] and the fixed-threshold mask on them."""
+  weak_logits = jax.lax.stop_gradient(weak_logits)
+  bias = jnp.where(bias_active(config, step), jax.lax.stop_gradient(extras.bias), 0.0)
+  t = common.probs(weak_logits - bias, config.multilabel)
+  targets = Targets(t, common.fixed_mask(t, fixmatch.threshold_of(config), config.multilabel))
+  return state, targets, {'mask_ratio': targets.weight.mean(),
+                          'bias_abs_mean': jnp.mean(jnp.abs(bias))}
+
+
+def debias_eval(logits, bias, config, num_updates):
+  """Evaluation logits [B, C] minus b [1, C] once the bias is on.
+
+  The original evaluates after the update with index `num_updates - 1` and gates the bias
+  with that index, so the first evaluation at step == debias_start still has b = 0.
+  """
+  return logits - jnp.where(bias_active(config, num_updates - 1), bias, 0.0)
