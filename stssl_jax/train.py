@@ -48,6 +48,21 @@ def _check_config(config, info, n_dev):
                      f'{config.pseudo_label_source!r}')
 
 
+def _lb_prevalence(config, info):
+  """[C] class prevalence of the labeled subset (multi-label data), else None."""
+  key = 'lb_prevalence19' if config.data.get('label_set') == 'label19' else 'lb_prevalence'
+  table = info.get(key) or {}
+  frac = config.data.get('label_fraction', 0.0)
+  if frac in table:
+    return np.asarray(table[frac], np.float32)
+  counts = (info.get('class_counts19' if key.endswith('19') else 'class_counts') or {})
+  if config.multilabel and not frac and config.data.train_split in counts:
+    # All of train is labeled: its prevalence is the labeled prevalence.
+    return (np.asarray(counts[config.data.train_split], np.float32) /
+            info['splits'][config.data.train_split])
+  return None
+
+
 def create_state(config, model, algo, rng, mesh, lb_prevalence=None):
   """Initial TrainState, replicated over the mesh, and the optimizer/schedule.
 
@@ -125,7 +140,8 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
   info = pipeline.dataset_info(config)
   _check_config(config, info, mesh.size)
   model = models.build_model(config)
-  state, tx, schedule = create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh)
+  state, tx, schedule = create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh,
+                                     _lb_prevalence(config, info))
   train_iter = pipeline.train_iterator(config)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   progress = {'best_metric': -math.inf, 'best_step': 0, 'stopped_early': False}
