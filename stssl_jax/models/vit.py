@@ -95,13 +95,16 @@ class Attention(nn.Module):
     qkv = torch_dense(3 * d, d, self.dtype, 'qkv')(x)
     # The fused output index is which * D + head * hd + j, as in the original's
     # reshape(B, L, 3, H, hd), so the torch weight imports with a transpose only.
-    qkv = qkv.reshape(b, l, 3, self.heads, hd)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, hd]
+    # Head-major [3, B, H, L, hd] (the original's permute(2, 0, 3, 1, 4)): XLA:CPU's batched
+    # dots run ~5% faster on this layout than on [B, L, H, hd] (bench/cpu_flags.py).
+    qkv = qkv.reshape(b, l, 3, self.heads, hd).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
     # The scale is applied after q @ k^T, exactly as the original (matters at float64 parity).
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.asarray(hd ** -0.5, q.dtype)
+    logits = jnp.einsum('bhqd,bhkd->bhqk', q, k) * jnp.asarray(hd ** -0.5, q.dtype)
     # Softmax in at least float32 so a bfloat16 compute dtype stays stable.
     weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v).reshape(b, l, d)
+    out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
+    out = out.transpose(0, 2, 1, 3).reshape(b, l, d)
     return torch_dense(d, d, self.dtype, 'proj')(out)
 
 
@@ -114,7 +117,10 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Args: x [B, L, D]. Returns: [B, L, D]."""
     d = x.shape[-1]
-    h = nn.gelu(torch_dense(self.mlp_dim, d, self.dtype, 'fc1')(x), approximate=False)
+    h = torch_dense(self.mlp_dim, d, self.dtype, 'fc1')(x)
+    # PyTorch's exact GELU 0.5 x (1 + erf(x / sqrt 2)); jax.nn.gelu(approximate=False) uses
+    # erfc, which is ~3x slower on XLA:CPU and further from torch in float64.
+    h = 0.5 * h * (1.0 + jax.lax.erf(h * jnp.asarray(2 ** -0.5, h.dtype)))
     return torch_dense(d, self.mlp_dim, self.dtype, 'fc2')(h)
 
 
