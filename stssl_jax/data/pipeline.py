@@ -50,7 +50,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from stssl_jax import metadata
+from stssl_jax import algorithms, metadata
 from stssl_jax.data import records
 from stssl_jax.data import streams
 from stssl_jax.data import transforms
@@ -207,7 +207,9 @@ class _TrainBatches(grain.MapDataset):
     ulb = unlabeled._getitems([step * self._global_ulb + j for j in self._ulb_rows])
     # pylint: enable=protected-access
     norm = self._normalize
-    return {
+    extra = ({'lb_image_strong': norm(np.stack([r['strong'] for r in lb]))}
+             if 'strong' in lb[0] else {})
+    return {**extra,
         'lb_image': norm(np.stack([r['weak'] for r in lb])),
         'lb_label': _labels(lb),
         'lb_meta': self._meta(lb),
@@ -265,7 +267,10 @@ def train_dataset(config: ml_collections.ConfigDict,
   b_l = config.batch_size
   b_u = config.uratio * config.batch_size
   t = transforms.for_records(config, unlabeled_source[0]['image'], info)
-  labeled = _stream(config, labeled_source, t, _LABELED, b_l, WeakView(t))
+  # DeFixMatch also trains on strong views of the labeled images (METHOD 7.3).
+  lb_strong = 'lb_strong' in algorithms.get(config.algorithm).needs(config)
+  labeled = _stream(config, labeled_source, t, _LABELED, b_l,
+                    WeakStrongView(t) if lb_strong else WeakView(t))
   unlabeled = _stream(config, unlabeled_source, t, _UNLABELED, b_u, WeakStrongView(t))
   batches = _TrainBatches(labeled, unlabeled, _local_rows(b_l, p, n, 'batch_size'),
                           _local_rows(b_u, p, n, 'uratio * batch_size'), b_l, b_u,
