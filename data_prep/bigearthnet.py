@@ -401,19 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset')
   args = p.parse_args(argv)
   fractions = [f.strip() for f in args.fractions.split(',') if f.strip()]
-  start = time.time()
-  try:
-    result = prepare(args.images, args.out, args.lists, args.metadata, args.bands, fractions,
-                     args.seed, args.name, args.workers, args.shard_size, args.skip_bad,
-                     args.keep_no19, args.overwrite)
-  except (common.PrepError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'{result["status"]}: {result["path"]} ({time.time() - start:.1f} s)')
-  print('splits: ' + ', '.join(f'{k} {v}' for k, v in result['splits'].items()))
-  if args.skip_bad and result['status'] == 'prepared':
-    print(common.BadFiles(skip=True, items=result['skipped']).report())
-  return 0
+  return common.run_and_report(
+      lambda: prepare(args.images, args.out, args.lists, args.metadata, args.bands, fractions,
+                      args.seed, args.name, args.workers, args.shard_size, args.skip_bad,
+                      args.keep_no19, args.overwrite), args.skip_bad)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Iterable, Mapping
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping
 
 from stssl_jax.data import records
 
@@ -148,3 +150,18 @@ def check_existing(out: str | pathlib.Path, name: str, prep: Mapping[str, Any],
     raise PrepError(f'{records.dataset_dir(out, name)} was prepared with different settings '
                     f'({diff}); pass --overwrite to rebuild it')
   return True
+
+
+def run_and_report(run: Callable[[], dict], skip_bad: bool) -> int:
+  """Runs a `prepare` call for a CLI: prints the result or the error; returns the exit code."""
+  start = time.time()
+  try:
+    result = run()
+  except (PrepError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'{result["status"]}: {result["path"]} ({time.time() - start:.1f} s)')
+  print('splits: ' + ', '.join(f'{k} {v}' for k, v in result['splits'].items()))
+  if skip_bad and result['status'] == 'prepared':
+    print(BadFiles(skip=True, items=result['skipped']).report())
+  return 0

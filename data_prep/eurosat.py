@@ -25,7 +25,6 @@ import argparse
 import csv
 import pathlib
 import sys
-import time
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -376,19 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_labels = [int(n) for n in args.num_labels.split(',') if n.strip()]
   except ValueError:
     p.error(f'--num_labels {args.num_labels!r}: expected comma-separated integers')
-  start = time.time()
-  try:
-    result = prepare(args.images, args.out, args.coords, args.format, args.name, num_labels,
-                     args.seed, args.skip_bad, args.overwrite, args.holdout_box,
-                     [c for c in args.holdout_countries.split(',') if c.strip()])
-  except (common.PrepError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'{result["status"]}: {result["path"]} ({time.time() - start:.1f} s)')
-  print('splits: ' + ', '.join(f'{k} {v}' for k, v in result['splits'].items()))
-  if args.skip_bad and result['status'] == 'prepared':
-    print(common.BadFiles(skip=True, items=result['skipped']).report())
-  return 0
+  countries = [c for c in args.holdout_countries.split(',') if c.strip()]
+  return common.run_and_report(
+      lambda: prepare(args.images, args.out, args.coords, args.format, args.name, num_labels,
+                      args.seed, args.skip_bad, args.overwrite, args.holdout_box, countries),
+      args.skip_bad)
 
 
 if __name__ == '__main__':

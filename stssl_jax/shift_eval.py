@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stssl_jax import algorithms, checkpoint, metadata, steps
-from stssl_jax import metrics as metrics_lib, metrics_multilabel as metrics_ml
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from stssl_jax import algorithms, checkpoint, metadata, train
 from stssl_jax.data import pipeline
 from stssl_jax.models import stssl as models
 
@@ -66,7 +67,7 @@ def variants(config, stssl=True):
 
 
 def _load_params(config, workdir, model, algo):
-  """EMA params of the best checkpoint, else of the latest one."""
+  """(EMA params, description, number of updates) of the best checkpoint, else the latest."""
   s = config.data.image_size
   x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
   args = (x, jnp.zeros((1, 4), jnp.float32)) if algo.uses_meta else (x,)
@@ -75,51 +76,36 @@ def _load_params(config, workdir, model, algo):
   try:
     if ckpt.best.latest_step() is not None:
       params, progress = ckpt.restore_best(abstract)
-      return params, f'best checkpoint (step {progress.get("best_step")})'
+      best = int(progress.get('best_step', 0))
+      return params, f'best checkpoint (step {best})', best
     step = ckpt.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {workdir}: train first')
     out = ckpt.latest.restore(step, args=checkpoint.ocp.args.Composite(
         state=checkpoint.ocp.args.StandardRestore()))
-    return out['state']['ema_params'], f'latest checkpoint (step {step})'
+    return out['state']['ema_params'], f'latest checkpoint (step {step})', step
   finally:
     ckpt.close()
-
-
-def _evaluate(config, params, forward, split, branch, shift):
-  logits, labels = [], []
-  for batch in pipeline.eval_batches(config, split):
-    meta = shift_meta(batch['meta'], **shift)
-    out = forward(params, jnp.asarray(batch['image']), jnp.asarray(meta), branch)
-    keep = np.asarray(batch['mask'])
-    logits.append(np.asarray(out)[keep])
-    labels.append(np.asarray(batch['label'])[keep])
-  logits, labels = np.concatenate(logits), np.concatenate(labels)
-  if config.multilabel:
-    return metrics_ml.summarize(logits, labels, config.f1_threshold)
-  c = logits.shape[1]
-  conf = np.zeros((c, c), np.int64)
-  np.add.at(conf, (labels, logits.argmax(1)), 1)
-  logp = logits - logits.max(1, keepdims=True)
-  logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
-  loss_sum = -logp[np.arange(len(labels)), labels].sum()
-  return metrics_lib.summarize(conf, loss_sum, len(labels))
 
 
 def run(config, workdir: str) -> list[dict]:
   """Evaluates every variant on every split; writes CSV, Markdown and a bar chart."""
   algo = algorithms.get(config.algorithm)
   model = models.build_model(config)
-  params, source = _load_params(config, workdir, model, algo)
-  fwd = jax.jit(lambda p, x, m, branch: steps._forward(model, p, x, m, None, False, branch)[0],  # pylint: disable=protected-access
-                static_argnums=(3,))
+  params, source, step = _load_params(config, workdir, model, algo)
+  mesh = train.make_mesh()
+  repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  params = jax.device_put(params, repl)
+  eval_fn = train.make_eval_fn(model, algo, config, repl)
   info = pipeline.dataset_info(config)
   splits = [config.data.eval_split] + sorted(s for s in info['splits'] if s.startswith('heldout'))
   key = 'macro_map' if config.multilabel else 'top1'
   rows = []
   for split in splits:
     for name, branch, shift in variants(config, algo.stssl):
-      summary = _evaluate(config, params, fwd, split, branch, shift)
+      summary, _ = train.evaluate(params, eval_fn, config, split, branch, data_sh,
+                                  num_updates=jnp.int32(step),
+                                  meta_fn=lambda m, shift=shift: shift_meta(m, **shift))
       rows.append({'split': split, 'model': name, key: summary[key], 'loss': summary['loss']})
   _write(rows, key, os.path.join(workdir, 'shift_eval'), source)
   return rows

@@ -195,8 +195,19 @@ def eval_logits(params, batch, *, model, algo, config, branch, num_updates=None)
   return logits
 
 
+def eval_stats(logits, batch):
+  """Sufficient statistics of one padded eval batch from its logits [B, C] (valid rows only).
+
+  Returns:
+    dict: confusion [C, C] counts, loss_sum scalar, count scalar.
+  """
+  return {'confusion': metrics_lib.confusion_update(logits, batch['label'], batch['mask']),
+          'loss_sum': metrics_lib.ce_sum(logits, batch['label'], batch['mask']),
+          'count': jnp.sum(batch['mask'].astype(jnp.float32))}
+
+
 def eval_step(params, batch, *, model, config, branch, algo=None, num_updates=None):
-  """Sufficient statistics of one padded eval batch (summed over valid rows).
+  """`eval_stats` of `eval_logits` on one batch.
 
   Args:
     params: EMA params.
@@ -210,11 +221,8 @@ def eval_step(params, batch, *, model, config, branch, algo=None, num_updates=No
     dict: confusion [C, C] counts, loss_sum scalar, count scalar.
   """
   algo = algo or algorithms.get(config.algorithm)
-  logits = eval_logits(params, batch, model=model, algo=algo, config=config, branch=branch,
-                       num_updates=num_updates)
-  return {'confusion': metrics_lib.confusion_update(logits, batch['label'], batch['mask']),
-          'loss_sum': metrics_lib.ce_sum(logits, batch['label'], batch['mask']),
-          'count': jnp.sum(batch['mask'].astype(jnp.float32))}
+  return eval_stats(eval_logits(params, batch, model=model, algo=algo, config=config,
+                                branch=branch, num_updates=num_updates), batch)
 
 
 def make_train_step(**kw):

@@ -88,7 +88,21 @@ def create_state(config, model, algo, rng, mesh, lb_prevalence=None):
   return state, tx, schedule
 
 
-def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, num_updates=0):
+def make_eval_fn(model, algo, config, out_sharding):
+  """jitted (params, batch, branch, gather, num_updates) -> stats [and gathered rows]."""
+  def eval_impl(params, batch, branch, gather, num_updates):
+    # One forward serves both the on-device statistics and the gathered logits.
+    logits = steps.eval_logits(params, batch, model=model, algo=algo, config=config,
+                               branch=branch, num_updates=num_updates)
+    out = {} if config.multilabel else steps.eval_stats(logits, batch)
+    if gather:
+      out.update(logits=logits, label=batch['label'], mask=batch['mask'], meta=batch['meta'])
+    return out
+  return jax.jit(eval_impl, static_argnums=(2, 3), out_shardings=out_sharding)
+
+
+def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, num_updates=0,
+             meta_fn=None):
   """Metrics of `params` on a whole split (padded batches, nothing dropped).
 
   Single-label accumulates confusion counts on device; multi-label gathers the valid rows'
@@ -101,6 +115,8 @@ def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, nu
   gather = config.multilabel or collect
   acc, rows = None, {'logits': [], 'label': [], 'meta': []}
   for batch in pipeline.eval_batches(config, split):
+    if meta_fn is not None:  # Metadata-shift evaluation (shift_eval.py).
+      batch = dict(batch, meta=meta_fn(batch['meta']))
     out = eval_fn(params, _global_batch(batch, sharding), branch, gather, num_updates)
     if gather:
       keep = np.asarray(jax.device_get(out['mask']))
@@ -158,16 +174,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
   train_step = jax.jit(step_fn, in_shardings=(state_sh, data_sh),
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
 
-  def eval_impl(params, batch, branch, gather, num_updates):
-    out = {} if config.multilabel else steps.eval_step(
-        params, batch, model=model, config=config, branch=branch, algo=algo,
-        num_updates=num_updates)
-    if gather:
-      logits = steps.eval_logits(params, batch, model=model, algo=algo, config=config,
-                                 branch=branch, num_updates=num_updates)
-      out.update(logits=logits, label=batch['label'], mask=batch['mask'], meta=batch['meta'])
-    return out
-  eval_fn = jax.jit(eval_impl, static_argnums=(2, 3), out_shardings=repl)
+  eval_fn = make_eval_fn(model, algo, config, repl)
   image_branch = algo.eval_branch
 
   is_main = jax.process_index() == 0

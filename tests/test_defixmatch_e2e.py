@@ -5,7 +5,6 @@ import numpy as np
 from configs import test as test_config
 from stssl_jax import train
 from stssl_jax.data import pipeline
-from tests.test_end_to_end import prepared  # pylint: disable=unused-import
 
 
 def test_labeled_strong_views_only_when_needed(prepared):

@@ -18,16 +18,6 @@ from stssl_jax.data import pipeline
 from stssl_jax.models import stssl as models
 
 ROOT = pathlib.Path(__file__).parent.parent
-SAMPLE = ROOT / 'data' / 'eurosat_sample'
-
-
-@pytest.fixture(scope='module')
-def prepared(tmp_path_factory):
-  out = tmp_path_factory.mktemp('prepared') / 'eurosat_sample'
-  subprocess.run([sys.executable, '-m', 'data_prep.eurosat', '--images', str(SAMPLE / '2750'),
-                  '--coords', str(SAMPLE / 'coords.csv'), '--out', str(out)],
-                 check=True, cwd=ROOT, capture_output=True, timeout=600)
-  return str(out)
 
 
 def _config(prepared, **kw):

@@ -14,6 +14,7 @@ from stssl_jax.data import pipeline
 from stssl_jax.data import records
 from stssl_jax.data import streams
 from stssl_jax.data import transforms
+from tests.test_pipeline import _assert_batches_equal, _take  # pylint: disable=unused-import
 
 KEYS = {'lb_image', 'lb_label', 'lb_meta', 'ulb_image_weak', 'ulb_image_strong', 'ulb_meta',
         'ulb_label'}
@@ -31,18 +32,6 @@ def _config(**kw):
     target = c.data if k in c.data else c
     target[k] = v
   return c
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(xs, ys):
-  assert len(xs) == len(ys)
-  for x, y in zip(xs, ys):
-    assert set(x) == set(y)
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 

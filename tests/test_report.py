@@ -14,18 +14,8 @@ from configs import test as test_config
 from stssl_jax import report, report_plots, train
 
 ROOT = pathlib.Path(__file__).parent.parent
-SAMPLE = ROOT / 'data' / 'eurosat_sample'
 _EUROSAT = ['AnnualCrop', 'Forest', 'HerbaceousVegetation', 'Highway', 'Industrial', 'Pasture',
             'PermanentCrop', 'Residential', 'River', 'SeaLake']
-
-
-@pytest.fixture(scope='module')
-def prepared(tmp_path_factory):
-  out = tmp_path_factory.mktemp('prepared') / 'eurosat_sample'
-  subprocess.run([sys.executable, '-m', 'data_prep.eurosat', '--images', str(SAMPLE / '2750'),
-                  '--coords', str(SAMPLE / 'coords.csv'), '--out', str(out)],
-                 check=True, cwd=ROOT, capture_output=True, timeout=600)
-  return str(out)
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,6 @@ import pytest
 
 from configs import test as test_config
 from stssl_jax import metadata, shift_eval, train
-from tests.test_end_to_end import prepared  # pylint: disable=unused-import
 
 
 def test_shift_meta_equals_encoding_shifted_raw_values():
