@@ -61,6 +61,10 @@ def get_config(arg=None):
   c.lambda_d = 0.01  # Weight of the distillation term (EuroSAT 0.01).
   c.pseudo_label_source = 'online'  # Pseudo-labels from the 'online' teacher or its 'ema' (CAP).
   c.pseudo_label_ema_train_mode = True  # [QUIRK] 7.4: the EMA pseudo-labeller runs drop-path.
+  # Diagnostics (pl_quality.py): STSSL also runs the image-only student on the weak view, no
+  # gradient, to log the pseudo-labels it would have proposed: every N-th step (0: never).
+  # It adds one forward of the weak unlabeled batch to the steps that do it.
+  c.image_only_pl_every = 1
 
   # Per-algorithm settings (METHOD 7; defaults are the released BigEarthNet values).
   c.freematch = ml_collections.ConfigDict()

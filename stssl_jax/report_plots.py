@@ -306,38 +306,36 @@ def _loss_panels(series, keys) -> list[dict]:
   return panels
 
 
+_PL_TITLES = {'recall': 'recall: share of the unlabeled samples accepted by the mask',
+              'accuracy': 'accuracy of the accepted pseudo-labels',
+              'precision': 'precision: per proposed class, macro mean',
+              'accuracy_all': 'accuracy of every pseudo-label, mask ignored'}
+
+
 def _pseudo_label_panels(series, train) -> tuple[list[dict], set[str]]:
-  panels, used = [], set()
-  masks = [k for k in train if 'mask_ratio' in k]
-  if masks:
-    panels.append({'title': 'mask ratio: share of pseudo-labels above the threshold',
-                   'ylabel': 'fraction', 'unit_range': True,
-                   'lines': [_line(series, k, k[6:].replace('_', ' ')) for k in masks]})
+  """Mask ratio, then one panel per `train/pl/<source>/<metric>`, one line per source."""
+  panels = []
   by_metric: dict[str, list[str]] = {}
-  for k in train:  # train/pl/<source>/<metric>: one panel per metric, one line per source.
+  for k in train:
     parts = k.split('/')
     if len(parts) == 4 and parts[1] == 'pl':
       by_metric.setdefault(parts[3], []).append(k)
-  for metric, keys in by_metric.items():
-    panels.append({'title': f'pseudo-label {PRETTY.get(metric, metric)}: teacher vs image-only',
-                   'ylabel': metric, 'unit_range': True,
-                   'lines': [_line(series, k, branch_label(k.split('/')[2]),
-                                   COLORS.get(k.split('/')[2])) for k in keys]})
-  lines = []
-  if 'train/pl_acc_all' in series:
-    lines.append(_line(series, 'train/pl_acc_all', 'all unlabeled samples'))
-  if 'train/pl_acc_masked' in series:
-    steps, acc = series['train/pl_acc_masked']
-    if 'train/mask_ratio' in series:
-      # With nothing accepted in an interval the logged 0 is "undefined", not "all wrong".
-      ratio = dict(zip(*series['train/mask_ratio']))
-      acc = np.where([ratio.get(s, 1.0) == 0 for s in steps], np.nan, acc)
-    lines.append(('accepted only (gaps: none accepted)', steps, acc, None, '-'))
-  if lines:
-    panels.append({'title': 'accuracy of the hard pseudo-labels', 'ylabel': 'accuracy',
-                   'unit_range': True, 'lines': lines})
+  masks = [k for k in train if 'mask_ratio' in k]
+  if masks and 'recall' not in by_metric:  # The recall panel shows the same curve.
+    panels.append({'title': 'mask ratio: share of pseudo-labels above the threshold',
+                   'ylabel': 'fraction', 'unit_range': True,
+                   'lines': [_line(series, k, k[6:].replace('_', ' ')) for k in masks]})
+  order = list(_PL_TITLES)
+  for metric in sorted(by_metric, key=lambda m: order.index(m) if m in order else len(order)):
+    keys = by_metric[metric]
+    sources = [k.split('/')[2] for k in keys]
+    versus = ': teacher vs image-only' if len(sources) > 1 else ''
+    panels.append({'title': 'pseudo-label ' + _PL_TITLES.get(metric, metric) + versus,
+                   'ylabel': metric.replace('_', ' '), 'unit_range': True,
+                   'lines': [_line(series, k, branch_label(src), COLORS.get(src))
+                             for k, src in zip(keys, sources)]})
   used = set(masks) | {k for ks in by_metric.values() for k in ks}
-  return panels, used | {'train/pl_acc_all', 'train/pl_acc_masked'}
+  return panels, used | {k for k in train if k.startswith('train/pl_class/')}
 
 
 def training_figures(series: Series) -> list[tuple[str, str, str, list[dict]]]:
@@ -354,7 +352,11 @@ def training_figures(series: Series) -> list[tuple[str, str, str, list[dict]]]:
   if panels:
     figures.append(('pseudo_labels.png', 'Pseudo-labels on the unlabeled batches',
                     'Quality is measured against the true labels of the unlabeled samples, '
-                    'which training uses for nothing else.', panels))
+                    'which training uses for nothing else, pooled over each logging interval '
+                    '(gaps: nothing accepted). For STSSL the teacher line is the pseudo-labels '
+                    'the step used; the image-only line is what the student alone would have '
+                    'proposed on the same weak views under the same rule. Multi-label values '
+                    'are macro means over classes.', panels))
   optim = [k for k in _OPTIM if k in series]
   if optim:
     figures.append(('optimization.png', 'Optimisation', 'Learning-rate schedule, gradient norm '

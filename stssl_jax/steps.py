@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stssl_jax import algorithms, metrics as metrics_lib
+from stssl_jax import algorithms, metrics as metrics_lib, pl_quality
 from stssl_jax.algorithms import cdmad, common, stssl as stssl_wrapper
 from stssl_jax.models.stssl import STSSLModel
 from stssl_jax.train_state import TrainState
@@ -54,14 +54,33 @@ def blank_bias(model, params, like, rng, train, algo, config):
   return jax.lax.stop_gradient(logits)
 
 
-def _pseudo_label_quality(targets, true_labels, multilabel):
-  """Accuracy of the accepted pseudo-labels and the mask ratio (single-label, hard labels)."""
-  if multilabel or not jnp.issubdtype(targets.label.dtype, jnp.integer):
-    return {}
-  w = targets.weight
-  correct = (targets.label == true_labels).astype(w.dtype)
-  return {'pl_acc_masked': jnp.sum(correct * w) / jnp.maximum(jnp.sum(w), 1.0),
-          'pl_acc_all': jnp.mean(correct)}
+def _pl_counts(targets, true_labels, config):
+  """`pl_quality.counts` of the unlabeled pseudo-labels in `targets`."""
+  return pl_quality.counts(targets.label, targets.weight, true_labels, config.model.num_classes,
+                           config.multilabel)
+
+
+def _image_only_counts(state, params, x, n_lb, extras, true_labels, rng, train, *, model, algo,
+                       config):
+  """Counts of what the image-only student would have proposed on the weak view (STSSL).
+
+  The student branch of the pseudo-labeller's params, on the weak unlabeled rows, through the same
+  rule and algorithm state (the new state and the targets are thrown away). Extras that come
+  from other forwards (the teacher's weak labeled logits, CDMAD's bias) are the
+  pseudo-labeller's, so only the image model differs. No gradient; feeds nothing else.
+  """
+  def run(_):
+    logits, _ = _forward(model, params, x[n_lb:], None, rng, train, 'student')
+    _, targets, _ = algo.base.make_targets(state.algo_state, jax.lax.stop_gradient(logits),
+                                           config, state.step, extras)
+    return _pl_counts(targets, true_labels, config)
+
+  every = config.image_only_pl_every
+  if every == 1:
+    return run(None)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(run, None))
+  # Skipped steps add zero counts, so the pooled ratios cover exactly the steps that ran.
+  return jax.lax.cond(state.step % every == 0, run, lambda _: zeros, None)
 
 
 def make_targets(state: TrainState, batch, rng, *, model, algo, config):
@@ -75,8 +94,12 @@ def make_targets(state: TrainState, batch, rng, *, model, algo, config):
   with drop-path on they draw their own stochastic depth here (same distribution; exact when
   drop-path is off, as in the parity fixtures).
 
+  Pseudo-label quality (pl_quality.py) is emitted as counts `pl_counts/<source>/...`: source
+  'teacher' (STSSL) or 'image_only' (plain models) for the pseudo-labels used, and for STSSL
+  'image_only' for the student's own proposal (`image_only_pl_every`).
+
   Returns:
-    (new algorithm state, Targets, metrics dict of scalars).
+    (new algorithm state, Targets, metrics dict of scalars and pl_counts arrays).
   """
   needs = algo.needs(config)
   ema = config.pseudo_label_source == 'ema'
@@ -98,7 +121,13 @@ def make_targets(state: TrainState, batch, rng, *, model, algo, config):
                                              config))
   algo_state, targets, metrics = algo.base.make_targets(state.algo_state, logits[n_lb:], config,
                                                         state.step, extras)
-  metrics.update(_pseudo_label_quality(targets, batch['ulb_label'], config.multilabel))
+  source = 'teacher' if algo.uses_meta else 'image_only'
+  metrics.update(pl_quality.flatten(source, _pl_counts(targets, batch['ulb_label'], config)))
+  if algo.stssl and config.image_only_pl_every > 0:
+    counts = _image_only_counts(state, params, x, n_lb, extras, batch['ulb_label'],
+                                jax.random.fold_in(rng, 2), train, model=model, algo=algo,
+                                config=config)
+    metrics.update(pl_quality.flatten('image_only', counts))
   return algo_state, targets, metrics
 
 

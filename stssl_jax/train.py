@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from stssl_jax import algorithms, checkpoint, metrics as metrics_lib, optim, steps
+from stssl_jax import algorithms, checkpoint, metrics as metrics_lib, optim, pl_quality, steps
 from stssl_jax import metrics_multilabel as metrics_ml
 from stssl_jax.data import pipeline
 from stssl_jax.models import convert, posemb, stssl as models
@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
       if not np.isfinite(avg['loss']):
         raise FloatingPointError(f'loss is {avg["loss"]} at step {done}; last finite '
                                  f'checkpoint: step {ckpt.latest_step()}')
-      avg = {f'train/{k}': float(v) for k, v in avg.items()}
+      avg = {f'train/{k}': float(v) for k, v in pl_quality.summarize(avg).items()}
       avg['train/lr'] = float(schedule(done - 1))
       elapsed = time.time() - t_log
       avg['train/steps_per_sec'] = config.log_every / max(elapsed, 1e-9)

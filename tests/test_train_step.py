@@ -72,7 +72,8 @@ def test_second_update_changes_params_and_ema(stssl_run):
     np.testing.assert_allclose(e2, m * e1 + (1 - m) * p2, rtol=1e-6, atol=1e-7)
   assert not np.array_equal(_leaves(s2.ema_params)[0], _leaves(s2.params)[0])
   for k in ('teacher/sup_loss', 'teacher/unsup_loss', 'student/sup_loss',
-            'student/distill_loss', 'mask_ratio', 'pl_acc_masked'):
+            'student/distill_loss', 'mask_ratio', 'pl_counts/teacher/correct',
+            'pl_counts/image_only/correct'):
     assert np.isfinite(m2[k]), k
   # Total is the sum of teacher and student totals (METHOD 5 step 6).
   np.testing.assert_allclose(m2['loss'], m2['teacher/loss'] + m2['student/loss'], rtol=1e-5)

@@ -30,6 +30,9 @@ VARIANTS = {
     for size, (width, heads) in _WIDTHS.items()
     for patch in (2, 4, 16)
 }
+# Small models for CPU studies (the issue-7 region hold-out run): depth 4, 32 px inputs.
+VARIANTS['XS/4'] = dict(patch=4, width=96, depth=4, heads=3, mlp_dim=384)
+VARIANTS['XXS/4'] = dict(patch=4, width=64, depth=4, heads=2, mlp_dim=256)
 # The parity fixtures' configuration (16x16 images give N = 16 patches).
 VARIANTS['test'] = dict(patch=4, width=32, depth=2, heads=2, mlp_dim=128)
 
