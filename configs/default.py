@@ -46,6 +46,13 @@ def get_config(arg=None):
   c.model.num_classes = 10  # C.
   c.model.drop_path = 0.2  # Max stochastic-depth rate (block i gets rate * i / (depth - 1)).
   c.model.init_from = ''  # Optional pretrained checkpoint (.npz of converted params).
+  # The teacher's metadata featurizer (metadata.py): 'linear' (the released m itself),
+  # 'sphere' (x, y, z on the unit sphere), 'multiscale' (sinusoids of lat and lon at
+  # min_freq * 2^i rad^-1, i < num_scales) or 'sph_harmonics' (real, degree <= meta_sh_degree).
+  c.model.meta_encoding = 'linear'
+  c.model.meta_num_scales = 6
+  c.model.meta_min_freq = 1.0
+  c.model.meta_sh_degree = 4
   c.dtype = 'float32'  # Compute dtype; params and optimizer state stay float32.
 
   # ---- Algorithm -------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import test as test_config
 from stssl_jax import metadata
+from stssl_jax.models import stssl as models
 
 _DATE = '2017-06-15 00:00:00'
 # The kinds whose location features live on the sphere, not on the (lat, lon) rectangle.
@@ -166,3 +168,39 @@ def test_linear_encoder_is_unchanged():
                                 explicit.apply({'params': p1}, m))
   np.testing.assert_allclose(default.apply({'params': p0}, m),
                              h @ p0['fc2']['kernel'] + p0['fc2']['bias'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('kind,field,value,width', [
+    ('linear', None, None, 4), ('sphere', None, None, 5),
+    ('multiscale', 'meta_num_scales', 2, 10), ('sph_harmonics', 'meta_sh_degree', 1, 6)])
+def test_config_selects_the_teachers_encoder(kind, field, value, width):
+  """`model.meta_encoding` (and its params) reach the teacher built from a config."""
+  config = test_config.get_config('stssl_fixmatch')
+  config.model.meta_encoding = kind
+  if field:
+    config.model[field] = value
+  model = models.build_model(config)
+  s = config.data.image_size
+  x = jnp.zeros((2, s, s, 3))
+  # lon 179.9 and -179.9 are 22 km apart: only the non-linear kinds see them as neighbours.
+  m = _m([40.0, 40.0], [179.9, -179.9])
+  params = model.init(jax.random.key(0), x, m)['params']
+  assert params['teacher']['meta_encoder']['fc1']['kernel'].shape == (width, 32)
+  (_, feats), _ = model.apply({'params': params}, x, m)
+  gap = float(jnp.abs(feats['meta_embed'][0] - feats['meta_embed'][1]).max())
+  scale = float(jnp.abs(feats['meta_embed']).max())
+  if kind == 'linear':
+    assert gap > 0.05 * scale  # lon/180 jumps from +1 to -1.
+  else:
+    assert gap < 0.01 * scale
+
+
+def test_config_rejects_unknown_encoding_and_bad_params():
+  config = test_config.get_config('stssl_fixmatch')
+  config.model.meta_encoding = 'fourier'
+  with pytest.raises(ValueError, match='meta_encoding must be one of'):
+    models.build_model(config)
+  config.model.meta_encoding = 'sph_harmonics'
+  config.model.meta_sh_degree = -1
+  with pytest.raises(ValueError, match='sph_harmonics'):
+    models.build_model(config)

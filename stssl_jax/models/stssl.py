@@ -20,7 +20,7 @@ Every model returns `(logits [B, C], feats)` with named features:
   rngs={'dropout': key})`.
 """
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -81,6 +81,8 @@ class TeacherBranch(nn.Module):
   drop_path: float = 0.0
   dtype: Optional[Dtype] = None
   aux_head: bool = False
+  meta_encoding: str = 'linear'
+  meta_encoding_params: Optional[Mapping[str, Any]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, meta: Optional[jax.Array], train: bool = False,
@@ -88,7 +90,8 @@ class TeacherBranch(nn.Module):
     width = vit.get_variant(self.variant)['width']
     token, feats = None, {}
     if meta is not None:
-      embed = metadata.MetadataEncoder(width, self.dtype, name='meta_encoder')(meta)  # [B, D]
+      embed = metadata.MetadataEncoder(width, self.dtype, self.meta_encoding,
+                                       self.meta_encoding_params, name='meta_encoder')(meta)
       p_t = self.param('meta_token', _token_init, (1, 1, width))
       token = embed[:, None, :] + jnp.asarray(p_t, embed.dtype)
       feats['meta_embed'] = embed
@@ -140,6 +143,9 @@ class STSSLModel(nn.Module):
     aux_head: also build the teacher backbone's own (untrained) classifier,
       params['teacher']['aux_head'] (only STSSL-CDMAD's released bias reads it, METHOD 7.5).
     with_student: build the student; False for `st_supervised` (teacher branch alone).
+    meta_encoding: the metadata encoder's featurizer, a kind in `metadata.ENCODINGS`
+      ('linear': the released model).
+    meta_encoding_params: that kind's params (None: its defaults).
   """
   variant: str
   num_classes: int
@@ -148,11 +154,14 @@ class STSSLModel(nn.Module):
   dtype: Optional[Dtype] = None
   aux_head: bool = False
   with_student: bool = True
+  meta_encoding: str = 'linear'
+  meta_encoding_params: Optional[Mapping[str, Any]] = None
 
   def setup(self):
     # Explicit names give the tree keys 'teacher'/'student' without clashing with the methods.
     self.teacher_branch = TeacherBranch(self.variant, self.num_classes, self.drop_path,
-                                        self.dtype, self.aux_head, name='teacher')
+                                        self.dtype, self.aux_head, self.meta_encoding,
+                                        self.meta_encoding_params, name='teacher')
     if self.with_student:
       self.student_branch = StudentBranch(self.variant, self.num_classes, self.drop_path,
                                           self.placeholder, self.dtype, name='student')
@@ -200,6 +209,27 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.floa
            'float64': jnp.float64}
 
 
+# Config field -> featurizer param, per encoding kind (configs/default.py, model.meta_*).
+_ENCODING_FIELDS = {'linear': {}, 'sphere': {},
+                    'multiscale': {'meta_num_scales': 'num_scales', 'meta_min_freq': 'min_freq'},
+                    'sph_harmonics': {'meta_sh_degree': 'degree'}}
+
+
+def meta_encoding_params(config) -> tuple[str, dict[str, Any]]:
+  """(kind, params) of the teacher's metadata featurizer from `config.model`.
+
+  Raises:
+    ValueError: unknown `model.meta_encoding` (the message lists the known kinds).
+  """
+  kind = config.model.get('meta_encoding', 'linear')
+  if kind not in _ENCODING_FIELDS:
+    raise ValueError(f'config.model.meta_encoding must be one of {metadata.ENCODINGS}, got '
+                     f'{kind!r}')
+  params = {p: config.model[f] for f, p in _ENCODING_FIELDS[kind].items() if f in config.model}
+  metadata.num_features(kind, **params)  # Validates the values (e.g. degree >= 0).
+  return kind, params
+
+
 def build_model(config) -> nn.Module:
   """Builds the model for `config.algorithm`.
 
@@ -207,6 +237,9 @@ def build_model(config) -> nn.Module:
   `STSSLModel` whose student has the placeholder iff `config.distill != 'none'` and
   `config.lambda_d > 0` (METHOD 2.4), and whose teacher has the aux head for STSSL-CDMAD with
   `cdmad.bias_head = 'quirk'`. `st_supervised` gives the teacher branch alone (METHOD 2.6).
+
+  The teacher's metadata featurizer is `config.model.meta_encoding` with its params from
+  `meta_encoding_params` (missing from older configs: the released 'linear').
 
   Args:
     config: ConfigDict with model.variant, model.num_classes, model.drop_path, dtype,
@@ -218,6 +251,9 @@ def build_model(config) -> nn.Module:
   dtype = _DTYPES[config.dtype] if isinstance(config.dtype, str) else config.dtype
   kwargs = dict(variant=config.model.variant, num_classes=config.model.num_classes,
                 drop_path=config.model.drop_path, dtype=dtype)
+  if config.algorithm == 'st_supervised' or config.algorithm.startswith('stssl_'):
+    kind, params = meta_encoding_params(config)
+    kwargs.update(meta_encoding=kind, meta_encoding_params=params)
   if config.algorithm == 'st_supervised':
     return STSSLModel(placeholder=False, with_student=False, **kwargs)
   if config.algorithm.startswith('stssl_'):
