@@ -29,7 +29,9 @@ reported (metadata `latlon_check`), not fatal.
 Splits: `train`, `val`, `test` (data_prep/bigearthnet_lists.py: lists, exclusions, the
 patches without a 19-class target) and `train_lb_<f>` (e.g. `train_lb_0p01`) for each label
 fraction f: a seeded draw from train, in train order, whose records are byte copies of the
-train records (index = train position). The unlabeled set is all of `train`.
+train records (index = train position). The unlabeled set is all of `train`. With
+--holdout_countries / --holdout_seasons (and --metadata), the matching patches leave every
+split for the split `heldout` before the labeled draw (the metadata-shift evaluation).
 
 Work is parallel (--workers processes), shown with a progress bar, and resumable: shards of
 --shard_size patches are written under `<out>/.<name>.work-<settings digest>/` with a
@@ -63,6 +65,7 @@ from rasterio.enums import Resampling
 from data_prep import bigearthnet_labels as labels_lib
 from data_prep import bigearthnet_lists as lists_lib
 from data_prep import common
+from data_prep import regions
 from data_prep import shards
 from stssl_jax.data import records
 
@@ -193,6 +196,43 @@ def schema_for(bands: Sequence[str]) -> records.Schema:
                         extra_multihot=(('label19', labels_lib.LABELS19),))
 
 
+def _hold_out(splits: dict[str, list[str]], table: dict, countries: Sequence[str],
+              seasons: Sequence[str], match: str) -> dict[str, Any]:
+  """Moves the held-out patches of every split into `splits['heldout']` (in place).
+
+  Returns:
+    {} without a hold-out, else {'settings': ..., 'removed': {split: count}}.
+  Raises:
+    common.PrepError: no metadata table, unknown values, or a selection that empties a split
+      or holds out nothing.
+  """
+  if not countries and not seasons:
+    return {}
+  if not table:
+    raise common.PrepError('--holdout_countries / --holdout_seasons need --metadata (the '
+                           'per-patch country and season table)')
+  names = [n for s in splits.values() for n in s]
+  rows = [table.get(n, (None, None, '', '')) for n in names]
+  try:
+    held = regions.select_by_attributes(names, [r[2] for r in rows], [r[3] for r in rows],
+                                        countries, seasons, match)
+  except ValueError as e:
+    raise common.PrepError(str(e))
+  removed = {}
+  for split in list(splits):
+    kept = [n for n in splits[split] if n not in held]
+    removed[split] = len(splits[split]) - len(kept)
+    if not kept:
+      raise common.PrepError(f'the hold-out selection removes all {removed[split]} patches of '
+                             f'the {split} split')
+    splits[split] = kept
+  if not held:
+    raise common.PrepError('the hold-out selection matches no listed patch')
+  splits['heldout'] = sorted(held)
+  settings = {'countries': sorted(countries), 'seasons': sorted(seasons), 'match': match}
+  return {'settings': settings, 'removed': removed}
+
+
 def _counts(active: Sequence[Sequence[int]], num: int) -> list[int]:
   counts = np.zeros(num, np.int64)
   for idx in active:
@@ -253,8 +293,9 @@ def _class_stats(summaries, labeled: dict[float, list[int]]):
 def prepare(images: str, out: str, lists: str | None = None, metadata: str | None = None,
             bands: str = 'rgb', fractions: Sequence[str] = DEFAULT_FRACTIONS, seed: int = 0,
             name: str | None = None, workers: int = 1, shard_size: int = 2000,
-            skip_bad: bool = False, keep_no19: bool = False, overwrite: bool = False
-            ) -> dict[str, Any]:
+            skip_bad: bool = False, keep_no19: bool = False, overwrite: bool = False,
+            holdout_countries: Sequence[str] = (), holdout_seasons: Sequence[str] = (),
+            holdout_match: str = 'any') -> dict[str, Any]:
   """Converts BigEarthNet-S2 v1.0 into `<out>/<name>/<version>` (module docstring).
 
   Args:
@@ -271,6 +312,10 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
     skip_bad: skip bad or absent patches and report them instead of failing.
     keep_no19: keep patches without a 19-class target (label19 all zero).
     overwrite: rebuild an existing dataset.
+    holdout_countries: countries (names or ISO codes) moved from every split into the split
+      `heldout` (needs `metadata`; data_prep/regions.py).
+    holdout_seasons: seasons (Winter, Spring, Summer, Fall) held out likewise.
+    holdout_match: 'any' (either list) or 'all' (both) when both lists are given.
 
   Returns:
     dict with 'status', 'path', 'splits' {split: count}, 'skipped' [(file, reason)].
@@ -292,10 +337,12 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
     for n in sorted(absent):
       bad.add(str(root / n), f'listed in the {split} list but absent from disk')
     splits[split] = [n for n in names if n not in absent]
+  holdout = _hold_out(splits, table, holdout_countries, holdout_seasons, holdout_match)
   prep = {'images': str(root.resolve()), 'lists': split_report['lists'], 'bands': band_names,
           'fractions': sorted(fracs), 'seed': seed, 'keep_no19': keep_no19,
           'skip_bad': skip_bad, 'metadata': str(metadata) if metadata else None,
-          'num_listed': split_report['listed']}
+          'num_listed': split_report['listed'],
+          **({'holdout': holdout['settings']} if holdout else {})}
   if common.check_existing(out, name, prep, overwrite):
     return {'status': 'already prepared', 'path': str(records.dataset_dir(out, name)),
             'splits': records.load_info(out, name)['splits'], 'skipped': []}
@@ -350,6 +397,7 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
                         'empty strings (no --metadata table given)',
       'metadata_missing': sum(n not in table for s in splits.values() for n in s)
                           if metadata else None,
+      'holdout': holdout or None,
       'labeled_splits': {f: lists_lib.labeled_split_name(f) for f in labeled},
       'labeled_indices': labeled,
       'labeled_draw': draw,
@@ -399,12 +447,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help='keep the patches without a 19-class target (default: removed, as in '
                  'the official lists)')
   p.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset')
+  p.add_argument('--holdout_countries', default='',
+                 help='hold out these countries (names or ISO codes, e.g. PT,FI): removed from '
+                 'every split and written as split "heldout"; needs --metadata')
+  p.add_argument('--holdout_seasons', default='',
+                 help='hold out these seasons (Winter,Spring,Summer,Fall) likewise')
+  p.add_argument('--holdout_match', default='any', choices=('any', 'all'),
+                 help='with both lists: hold out patches matching either (any) or both (all, '
+                 'e.g. Finland in winter); default: %(default)s')
   args = p.parse_args(argv)
   fractions = [f.strip() for f in args.fractions.split(',') if f.strip()]
+  split_list = lambda text: [v.strip() for v in text.split(',') if v.strip()]
   return common.run_and_report(
       lambda: prepare(args.images, args.out, args.lists, args.metadata, args.bands, fractions,
                       args.seed, args.name, args.workers, args.shard_size, args.skip_bad,
-                      args.keep_no19, args.overwrite), args.skip_bad)
+                      args.keep_no19, args.overwrite, split_list(args.holdout_countries),
+                      split_list(args.holdout_seasons), args.holdout_match), args.skip_bad)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,10 @@
 """Geographic hold-out regions for data_prep (the metadata-shift evaluation, issue 7).
 
-A held-out region is removed from every training and test split and written as its own
-split `heldout`, so training never sees it and evaluation reports in-region (`test`) and
-out-of-region (`heldout`) metrics separately.
+EuroSAT selects by a lat/lon box or ISO country codes (offline reverse geocoding),
+BigEarthNet by the country and season of its metadata table. The held-out samples are removed
+from every training and evaluation split and written as their own split `heldout`, so
+training never sees them and evaluation reports in-region (`test`) and out-of-region
+(`heldout`) metrics separately.
 """
 
 from typing import Optional, Sequence
@@ -44,4 +46,62 @@ def in_region(lat, lon, box=None, countries: Sequence[str] = ()) -> np.ndarray:
   if countries:
     wanted = {c.strip().upper() for c in countries}
     held |= np.isin(np.array(country_codes(lat, lon)), list(wanted))
+  return held
+
+
+# BigEarthNet's ten countries as its metadata names them, by ISO alpha-2 code, so that
+# --holdout_countries takes the same codes for both datasets.
+BIGEARTHNET_COUNTRIES = {'AT': 'Austria', 'BE': 'Belgium', 'CH': 'Switzerland', 'FI': 'Finland',
+                         'IE': 'Ireland', 'LT': 'Lithuania', 'LU': 'Luxembourg',
+                         'PT': 'Portugal', 'RS': 'Serbia', 'XK': 'Kosovo'}
+_SEASON_ALIASES = {'autumn': 'fall'}
+
+
+def _canonical(values: Sequence[str], known: Sequence[str], what: str, aliases=None
+               ) -> set[str]:
+  """Lower-cased `values` mapped through `aliases`, each checked against `known`."""
+  aliases = aliases or {}
+  known_l = {k.lower() for k in known}
+  out = set()
+  for v in values:
+    key = aliases.get(v.strip().lower(), v.strip().lower())
+    if key not in known_l:
+      raise ValueError(f'--holdout_{what} {v!r}: not in the metadata table; it has '
+                       f'{sorted(set(known))}')
+    out.add(key)
+  return out
+
+
+def select_by_attributes(names: Sequence[str], country: Sequence[str], season: Sequence[str],
+                         countries: Sequence[str] = (), seasons: Sequence[str] = (),
+                         match: str = 'any') -> set[str]:
+  """Names held out by country and/or season (BigEarthNet's metadata table).
+
+  Args:
+    names, country, season: parallel per-patch sequences (the table's country names, e.g.
+      'Portugal', and seasons 'Winter' | 'Spring' | 'Summer' | 'Fall').
+    countries: country names or ISO alpha-2 codes (PT, FI, ...), any case.
+    seasons: season names, any case ('Autumn' = 'Fall').
+    match: 'any' holds out a patch matching either list, 'all' one matching both (e.g.
+      Finland in winter); with one list given they are the same.
+  Returns:
+    the held-out names.
+  Raises:
+    ValueError: an unknown country, season or match, naming it.
+  """
+  if match not in ('any', 'all'):
+    raise ValueError(f'--holdout_match must be any or all, got {match!r}')
+  codes = {k.lower(): v for k, v in BIGEARTHNET_COUNTRIES.items()}
+  countries = [codes.get(c.strip().lower(), c) for c in countries]
+  want_c = _canonical(countries, [c for c in country if c], 'countries')
+  want_s = _canonical(seasons, [s for s in season if s], 'seasons', _SEASON_ALIASES)
+  held = set()
+  for n, c, s in zip(names, country, season):
+    hits = []
+    if want_c:
+      hits.append(c.lower() in want_c)
+    if want_s:
+      hits.append(s.lower() in want_s)
+    if hits and (all(hits) if match == 'all' else any(hits)):
+      held.add(n)
   return held

@@ -360,3 +360,48 @@ def test_patch_centre_is_the_reprojected_corner_mean():
     assert f.crs.to_epsg() == 32633 and f.transform @ (60, 60) == (405000.0, 5341800.0)
   assert bigearthnet.distance_m(lat, lon, 48.22230529785156, 13.720948219299316) < 0.5
   assert math.isclose(bigearthnet.distance_m(0, 0, 0, 1), 111195.08, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize('extra,want', [
+    (['--holdout_countries', 'FI'], lambda c, s: c == 'Finland'),
+    (['--holdout_seasons', 'winter,autumn'], lambda c, s: s in ('Winter', 'Fall')),
+    (['--holdout_countries', 'Finland', '--holdout_seasons', 'Fall', '--holdout_match', 'all'],
+     lambda c, s: c == 'Finland' and s == 'Fall'),
+    (['--holdout_countries', 'PT', '--holdout_seasons', 'Spring'],
+     lambda c, s: c == 'Portugal' or s == 'Spring')])
+def test_holdout_by_country_and_season_is_disjoint_and_reproducible(tmp_path, extra, want):
+  table = _table()
+  runs = []
+  for k in range(2):
+    assert bigearthnet.main(_args(PATCHES, tmp_path / str(k), *extra)) == 0
+    runs.append({s: records.open_split(str(tmp_path / str(k)), 'bigearthnet', s)
+                 for s in ('train', 'val', 'test', 'heldout')})
+  names = {s: [src[i]['filename'] for i in range(len(src))] for s, src in runs[0].items()}
+  again = {s: [src[i]['filename'] for i in range(len(src))] for s, src in runs[1].items()}
+  assert names == again
+  # Exactly the listed, non-excluded patches that match, and only in `heldout`.
+  kept_before = {n for s in ('train', 'val', 'test') for n in _split_lists()[s]} - {SNOWY}
+  expected = {n for n in kept_before if want(table[n]['country'], table[n]['season'])}
+  assert set(names['heldout']) == expected and expected
+  for s in ('train', 'val', 'test'):
+    assert not set(names[s]) & expected, s
+  # The records carry the country and season they were selected by.
+  src = runs[0]['heldout']
+  assert all(want(src[i]['country'], src[i]['season']) for i in range(len(src)))
+  info = records.load_info(str(tmp_path / '0'), 'bigearthnet')
+  assert info['splits']['heldout'] == len(expected)
+
+
+def test_holdout_errors_name_the_problem(tmp_path, capsys):
+  args = _args(PATCHES, tmp_path, '--holdout_countries', 'France')
+  assert bigearthnet.main(args) != 0
+  assert "'France'" in capsys.readouterr().err
+  no_meta = [a for a in _args(PATCHES, tmp_path / 'b', '--holdout_seasons', 'Winter')]
+  i = no_meta.index('--metadata')
+  del no_meta[i:i + 2]
+  assert bigearthnet.main(no_meta) != 0
+  assert 'need --metadata' in capsys.readouterr().err
+  # Holding out every season empties every split.
+  assert bigearthnet.main(_args(PATCHES, tmp_path / 'c', '--holdout_seasons',
+                                'Winter,Spring,Summer,Fall')) != 0
+  assert 'removes all' in capsys.readouterr().err
