@@ -196,8 +196,8 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
     report(done)
 
     if done % config.log_every == 0 or done == config.num_steps:
-      # The only host sync of the loop outside evaluation: average the pending metrics.
-      avg = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
+      # The only host sync of the loop outside evaluation.
+      avg = interval_mean(pending)
       pending = []
       if not np.isfinite(avg['loss']):
         raise FloatingPointError(f'loss is {avg["loss"]} at step {done}; last finite '
@@ -285,6 +285,13 @@ def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding, workdir,
     _atomic_json(os.path.join(workdir, 'eval', f'step_{step}.json'),
                  {'step': step, 'split': split, **full})
   return out
+
+
+def interval_mean(pending: list[dict]) -> dict:
+  """Host means over the steps of a logging interval, entry by entry (pseudo-label counts
+  are per-class vectors [C] and stay vectors; `pl_quality.summarize` divides them next)."""
+  return jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0),
+                                               *pending))
 
 
 def _log(writer, workdir, step, scalars):

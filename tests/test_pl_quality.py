@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from stssl_jax import pl_quality
+from stssl_jax import pl_quality, train
 from stssl_jax.models import stssl as models
 from stssl_jax.models.stssl import STSSLModel
 from tests.test_train_step import build, synthetic_batch
@@ -124,3 +124,40 @@ def test_plain_fixmatch_logs_its_own_pseudo_labels_as_image_only():
   assert not any('/teacher/' in k for k in out)
   assert out['pl/image_only/recall'] == 1.0
   assert out['pl/image_only/accuracy'] == pytest.approx(out['pl/image_only/accuracy_all'])
+
+
+def test_true_labels_reach_the_diagnostics_only():
+  """Other true labels of the unlabeled batch: the same update, other quality counts.
+
+  Shifting the labels by k = 0..9 makes each sample right for exactly one k, so the correct
+  counts over the ten shifts sum to the batch size.
+  """
+  config = test_config.get_config('stssl_fixmatch')
+  config.threshold = (0.0,)
+  state, step, _ = build(config)
+  batch = synthetic_batch(config)
+  first, total = None, {'teacher': 0.0, 'image_only': 0.0}
+  for k in range(10):
+    s, m = step(state, dict(batch, ulb_label=(batch['ulb_label'] + k) % 10))
+    params = jax.device_get(s.params)
+    if first is None:
+      first, loss = params, float(m['loss'])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, first, params)
+    assert float(m['loss']) == loss
+    for source in total:
+      total[source] += float(m[f'pl_counts/{source}/correct'])
+  n = len(batch['ulb_label'])
+  assert total == {'teacher': n, 'image_only': n}
+
+
+def test_training_loop_pools_per_class_counts_per_class():
+  """The loop's interval mean keeps [C] count vectors apart, so macro precision is not the
+  pooled accuracy (a regression: a mean over all entries made the two equal)."""
+  a = pl_quality.flatten('teacher', pl_quality.counts(
+      np.array([0, 0, 0, 1]), np.ones(4, np.float32), np.array([0, 0, 0, 0]), 2, False))
+  b = pl_quality.flatten('teacher', pl_quality.counts(
+      np.array([0, 0, 1, 1]), np.ones(4, np.float32), np.array([0, 0, 1, 0]), 2, False))
+  out = pl_quality.summarize(train.interval_mean([a, b]))
+  # Class 0: 5 proposed, 5 right; class 1: 3 proposed, 1 right. Accuracy 6 / 8.
+  assert out['pl/teacher/precision'] == pytest.approx((5 / 5 + 1 / 3) / 2)
+  assert out['pl/teacher/accuracy'] == pytest.approx(6 / 8)
