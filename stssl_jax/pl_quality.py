@@ -31,7 +31,7 @@ PREFIX = 'pl_counts/'
 METRICS = ('precision', 'recall', 'accuracy', 'accuracy_all')
 
 
-def _hard(label, num_classes, multilabel):
+def _hard(label, multilabel):
   """Hard pseudo-labels: int [B] (single-label) or {0, 1} float [B, C] (multi-label)."""
   if multilabel:
     return (label >= 0.5).astype(jnp.float32)
@@ -54,7 +54,7 @@ def counts(label, weight, true, num_classes: int, multilabel: bool) -> dict:
     dict of float32 counts: n scalar; accepted, correct_accepted, correct scalars
     (single-label) or [C] (multi-label); pos_accepted, tp [C].
   """
-  y = _hard(label, num_classes, multilabel)
+  y = _hard(label, multilabel)
   w = weight.astype(jnp.float32)
   n = jnp.asarray(y.shape[0], jnp.float32)
   if multilabel:

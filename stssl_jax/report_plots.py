@@ -73,6 +73,10 @@ def curves(panels: Sequence[dict], path: str, title: str, best_step: Optional[in
   nrows = math.ceil(len(panels) / ncols)
   fig = _new((5.2 * ncols, 3.3 * nrows + 0.4))
   axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+  # One step range for every panel: a curve with undefined (NaN) early points must not get
+  # an axis of its own that looks like the others.
+  all_steps = [s for p in panels for _, steps, *_ in p['lines'] for s in steps]
+  span = (min(all_steps), max(all_steps)) if all_steps else None
   for ax, panel in zip(axes, panels):
     for label, steps, values, color, style in panel['lines']:
       # Markers keep short or sparse curves (a few evaluations) readable.
@@ -84,6 +88,9 @@ def curves(panels: Sequence[dict], path: str, title: str, best_step: Optional[in
     if panel.get('unit_range'):
       ax.set_ylim(-0.03, 1.03)
     ax.set_title(panel['title'], fontsize=10.5)
+    if span and span[1] > span[0]:
+      pad = 0.03 * (span[1] - span[0])
+      ax.set_xlim(span[0] - pad, span[1] + pad)
     ax.set_xlabel('training step')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(panel['ylabel'])
@@ -306,10 +313,10 @@ def _loss_panels(series, keys) -> list[dict]:
   return panels
 
 
-_PL_TITLES = {'recall': 'recall: share of the unlabeled samples accepted by the mask',
-              'accuracy': 'accuracy of the accepted pseudo-labels',
-              'precision': 'precision: per proposed class, macro mean',
-              'accuracy_all': 'accuracy of every pseudo-label, mask ignored'}
+_PL_TITLES = {'recall': 'recall: share accepted by the mask',
+              'accuracy': 'accuracy of the accepted ones',
+              'precision': 'precision (macro over proposed classes)',
+              'accuracy_all': 'accuracy of all, mask ignored'}
 
 
 def _pseudo_label_panels(series, train) -> tuple[list[dict], set[str]]:
@@ -329,8 +336,7 @@ def _pseudo_label_panels(series, train) -> tuple[list[dict], set[str]]:
   for metric in sorted(by_metric, key=lambda m: order.index(m) if m in order else len(order)):
     keys = by_metric[metric]
     sources = [k.split('/')[2] for k in keys]
-    versus = ': teacher vs image-only' if len(sources) > 1 else ''
-    panels.append({'title': 'pseudo-label ' + _PL_TITLES.get(metric, metric) + versus,
+    panels.append({'title': 'pseudo-label ' + _PL_TITLES.get(metric, metric),
                    'ylabel': metric.replace('_', ' '), 'unit_range': True,
                    'lines': [_line(series, k, branch_label(src), COLORS.get(src))
                              for k, src in zip(keys, sources)]})
