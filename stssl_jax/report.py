@@ -8,6 +8,7 @@ from disk or can be copied anywhere. Works on a run in progress: missing parts a
     python -m stssl_jax.report WORKDIR
 """
 
+import csv
 import datetime
 import glob
 import html
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 from typing import Any, Optional
 
@@ -298,6 +300,24 @@ def _prediction_items(preds: dict, multilabel: bool, threshold: float, out: str)
   return items
 
 
+def _shift_eval_items(workdir: str, out: str) -> list[tuple]:
+  """The `--mode=eval_shift` chart and table, when that mode has been run on `workdir`."""
+  src = os.path.join(workdir, 'shift_eval')
+  png, table = os.path.join(src, 'shift_eval.png'), os.path.join(src, 'shift_eval.csv')
+  if not (os.path.isfile(png) and os.path.isfile(table)):
+    return []
+  shutil.copyfile(png, os.path.join(out, 'shift_eval.png'))
+  with open(table, newline='') as f:
+    rows = list(csv.DictReader(f))
+  header = list(rows[0]) if rows else []
+  body = [[r[h] if h in ('split', 'model') else f'{float(r[h]):.4f}' for h in header]
+          for r in rows]
+  return [('shift_eval.png', 'From WORKDIR/shift_eval (python main.py --mode=eval_shift): the '
+           'EMA weights on the evaluation split (in region) and on any held-out split (out '
+           'of region); the teacher also with its metadata removed or shifted.',
+           _table(header, body))]
+
+
 def write_report(workdir: str) -> str:
   """Renders the report of the run in `workdir`.
 
@@ -340,6 +360,10 @@ def write_report(workdir: str) -> str:
     items += _prediction_items(preds, multilabel, float(config.get('f1_threshold', 0.5)), out)
   if items:
     sections.append(('Latest evaluation', items))
+
+  shift = _shift_eval_items(workdir, out)
+  if shift:
+    sections.append(('Metadata-shift evaluation', shift))
 
   versions, recorded = run['versions'], True
   if not versions:

@@ -305,7 +305,9 @@ def _loss_panels(series, keys) -> list[dict]:
       if term == 'loss':  # The sum: black, dashed and drawn last, so a term equal to it shows.
         total.append(_line(series, k, 'sum', 'black', '-' if group == 'total' else '--'))
       else:
-        lines.append(_line(series, k, term.replace('_', ' '), _TERM_COLORS.get(term)))
+        label = term.replace('_', ' ') + (' (x lambda_d in the sum)' if term == 'distill_loss'
+                                          else '')
+        lines.append(_line(series, k, label, _TERM_COLORS.get(term)))
     lines += total
     title = ('total loss (minimised)' if group == 'total' else
              f'{branch_label(group)} losses' if group in order else group)
@@ -351,8 +353,10 @@ def training_figures(series: Series) -> list[tuple[str, str, str, list[dict]]]:
   losses = [k for k in train if 'loss' in k.split('/')[-1] and not k.endswith('_computed')
             and not k.startswith('train/pl/')]
   if losses:
-    figures.append(('losses.png', 'Training losses', 'Means over each logging interval. STSSL '
-                    'minimises the teacher sum plus the student sum.',
+    figures.append(('losses.png', 'Training losses', 'Means over each logging interval. Terms are '
+                    'drawn unweighted; each sum weights them (lambda_u, lambda_d), so a large '
+                    'distillation term can sit above a small sum. STSSL minimises the teacher '
+                    'sum plus the student sum.',
                     _loss_panels(series, losses)))
   panels, used = _pseudo_label_panels(series, train)
   if panels:

@@ -1,12 +1,13 @@
 """Metadata-shift evaluation: exact metadata transforms and the table of a tiny run."""
 
 import csv
+import pathlib
 
 import numpy as np
 import pytest
 
 from configs import test as test_config
-from stssl_jax import metadata, shift_eval, train
+from stssl_jax import metadata, report, shift_eval, train
 
 
 def test_shift_meta_equals_encoding_shifted_raw_values():
@@ -39,3 +40,9 @@ def test_eval_shift_table_of_a_tiny_run(prepared, tmp_path):
   md = (tmp_path / 'shift_eval' / 'shift_eval.md').read_text()
   assert all(n in md for n in names)
   assert (tmp_path / 'shift_eval' / 'shift_eval.png').stat().st_size > 10_000
+  by = {r['model']: r['balanced_acc'] for r in rows}
+  assert by['student (image only)'] == pytest.approx(final['student/balanced_acc'])
+  # The run report picks the table and chart up.
+  page = pathlib.Path(report.write_report(str(tmp_path))).read_text()
+  assert 'Metadata-shift evaluation' in page and 'teacher, no_loc' in page
+  assert (tmp_path / 'report' / 'shift_eval.png').stat().st_size > 10_000
