@@ -17,7 +17,7 @@ Series = Mapping[str, tuple[np.ndarray, np.ndarray]]  # key -> (steps [T], value
 
 DPI = 110
 # Above this many samples the map bins them (see `sample_map`).
-MAP_MAX_POINTS = 5000
+MAP_MAX_POINTS = 1000  # Beyond this, overlapping markers hide each other: hex cells.
 # One colour per model branch (and per pseudo-label source) in every figure.
 COLORS = {'student': 'C0', 'image_only': 'C0', 'plain': 'C2', 'teacher': 'C1'}
 _BRANCH_LABELS = {'image_only': 'image-only model', 'student': 'student (image only)',
