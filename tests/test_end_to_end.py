@@ -120,7 +120,7 @@ def _run_steps(config, batches, lb_prevalence=None):
     history.append(jax.device_get(m))
   for m in history:
     for k, v in m.items():
-      assert np.isfinite(v), (config.algorithm, k, v)
+      assert np.all(np.isfinite(v)), (config.algorithm, k, v)
   return state0, jax.device_get(state), history
 
 

@@ -24,7 +24,7 @@ import optax
 import pytest
 
 from configs import default
-from stssl_jax import algorithms, optim, steps
+from stssl_jax import algorithms, optim, pl_quality, steps
 from stssl_jax.algorithms import cap, common, udal
 from stssl_jax.models import convert, stssl as models
 from stssl_jax.train_state import TrainState
@@ -120,7 +120,10 @@ def batch_of(z, s, uses_meta):
   batch = {'lb_image': nhwc(x_lb), 'lb_label': jnp.asarray(inp('y_lb')),
            'lb_meta': jnp.asarray(meta_lb), 'ulb_image_weak': nhwc(x_w),
            'ulb_image_strong': nhwc(x_s), 'ulb_meta': jnp.asarray(meta_ulb),
-           'ulb_label': jnp.zeros((len(x_w),), jnp.int32)}
+           # The fixtures carry no true labels of the unlabeled rows; these zeros (int [B] or
+           # multi-hot [B, C], like y_lb) feed only the pseudo-label diagnostics.
+           'ulb_label': jnp.zeros((len(x_w),) + np.shape(inp('y_lb'))[1:],
+                                  np.asarray(inp('y_lb')).dtype)}
   if inp('x_lb_s') is not None:
     batch['lb_image_strong'] = nhwc(inp('x_lb_s'))
   return batch
@@ -370,6 +373,8 @@ _TERMS = {'sup_loss': ('loss_sup_{r}', 'log/{p}sup_loss'),
 def check_losses(metrics, out, algo, config, s, case_name):
   """Every loss term (and the FreeMatch warm-up flag) against `out/` and `out/log/`."""
   for key, value in metrics.items():
+    if key.startswith(pl_quality.PREFIX):
+      continue  # Pseudo-label diagnostics, not loss terms (tests/test_pl_quality.py).
     role, term = key.split('/') if '/' in key else ('', key)
     if term not in _TERMS:
       continue
