@@ -126,25 +126,33 @@ def _write(rows, key, second, out_dir, source):
             f'{r["loss"]:.4f} |' for r in rows]
   with open(os.path.join(out_dir, 'shift_eval.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
+  title = ('EMA student vs EMA teacher under metadata shifts'
+           if len({r['model'] for r in rows}) > 1 else 'EMA model in and out of the held-out region')
+  many = len({r['split'] for r in rows}) > 1
+  chart = [dict(r, split=r['split'] + ((' (out of region)' if r['split'].startswith('heldout')
+                                        else ' (in region)') if many else '')) for r in rows]
+  bar_chart(chart, key, os.path.join(out_dir, 'shift_eval.png'), title)
+
+
+def bar_chart(rows: list[dict], key: str, path: str, title: str) -> str:
+  """Grouped bars of rows[key]: one group per 'model', one bar (and legend entry) per 'split'."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   splits = list(dict.fromkeys(r['split'] for r in rows))
   models_ = list(dict.fromkeys(r['model'] for r in rows))
-  fig, ax = plt.subplots(figsize=(10, 4.5))
+  fig, ax = plt.subplots(figsize=(max(10, 0.9 * len(models_) + 3), 4.8))
   width = 0.8 / len(splits)
   for i, split in enumerate(splits):
-    vals = [next(r[key] for r in rows if r['split'] == split and r['model'] == m)
+    vals = [next((r[key] for r in rows if r['split'] == split and r['model'] == m), np.nan)
             for m in models_]
-    where = ' (out of region)' if split.startswith('heldout') else ' (in region)'
-    ax.bar(np.arange(len(models_)) + i * width, vals, width,
-           label=split + (where if len(splits) > 1 else ''))
+    ax.bar(np.arange(len(models_)) + i * width, vals, width, label=split)
   ax.set_xticks(np.arange(len(models_)) + width * (len(splits) - 1) / 2)
   ax.set_xticklabels(models_, rotation=25, ha='right', fontsize=8)
   ax.set_ylabel(key)
-  ax.set_title('EMA student vs EMA teacher under metadata shifts' if len(models_) > 1 else
-               'EMA model in and out of the held-out region')
+  ax.set_title(title)
   ax.legend(title='split')
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'shift_eval.png'), dpi=110)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
+  return path
