@@ -64,6 +64,26 @@ def test_real_run_report(run_dir):
   assert not (index.parent / 'stale.png').exists()
 
 
+def test_tensorboard_shows_pseudo_label_quality(run_dir):
+  """The TensorBoard events hold both sources' pseudo-label metrics, equal to metrics.jsonl."""
+  from tensorboard.backend.event_processing import event_accumulator as ea
+  from tensorboard.util import tensor_util
+  (events,) = run_dir.glob('events.out.tfevents*')
+  acc = ea.EventAccumulator(str(events), size_guidance={ea.TENSORS: 0})
+  acc.Reload()
+  series = report.read_metrics(str(run_dir / 'metrics.jsonl'))
+  for source in ('teacher', 'image_only'):
+    for metric in ('precision', 'recall', 'accuracy', 'accuracy_all'):
+      tag = f'train/pl/{source}/{metric}'
+      logged = {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+      steps, values = series[tag]
+      assert sorted(logged) == list(steps) == [2, 4], tag
+      np.testing.assert_allclose([logged[s] for s in steps], values, rtol=1e-6, equal_nan=True)
+  recall = [float(tensor_util.make_ndarray(e.tensor_proto))
+            for e in acc.Tensors('train/pl/teacher/recall')]
+  assert all(0.0 <= r <= 1.0 for r in recall)
+
+
 def test_cli_and_class_names(run_dir, prepared):
   out = subprocess.run([sys.executable, '-m', 'stssl_jax.report', str(run_dir)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, check=True)
