@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from stssl_jax import report, shift_eval
+from stssl_jax import report, report_plots
 
 PL_METRICS = ('recall', 'accuracy', 'accuracy_all', 'precision')
 
@@ -129,7 +129,7 @@ def _write(pl_rows, eval_rows, out_dir):
   os.replace(tmp, os.path.join(out_dir, 'compare.md'))
   chart = [{'split': f'{r["split"]} ({r["region"]})', 'model': f'{r["run"]}: {r["model"]}',
             metrics[0]: r[metrics[0]]} for r in eval_rows]
-  shift_eval.bar_chart(chart, metrics[0], os.path.join(out_dir, 'compare_eval.png'),
+  report_plots.model_bars(chart, metrics[0], os.path.join(out_dir, 'compare_eval.png'),
                        'Runs side by side, in and out of the held-out region')
 
 

@@ -14,6 +14,7 @@ import glob
 import html
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -78,19 +79,28 @@ def load_run(workdir: str) -> dict[str, Any]:
       evals[int(step.group(1))] = _read_json(path)
   predictions = {}
   for path in sorted(glob.glob(os.path.join(workdir, 'eval', 'predictions_*.npz'))):
-    arrays = {}
-    with np.load(path) as z:  # No pickles: an object array (e.g. str as objects) is skipped.
-      for k in z.files:
-        try:
-          arrays[k] = z[k]
-        except ValueError:
-          continue
-    predictions[os.path.basename(path)[len('predictions_'):-len('.npz')]] = arrays
+    predictions[os.path.basename(path)[len('predictions_'):-len('.npz')]] = _load_npz(path)
+  heldout = {}  # Out-of-region predictions that --mode=eval_shift leaves: {split: {branch: ..}}.
+  for path in sorted(glob.glob(os.path.join(workdir, 'shift_eval', 'predictions_heldout*.npz'))):
+    split, branch = os.path.basename(path)[len('predictions_'):-len('.npz')].rsplit('_', 1)
+    heldout.setdefault(split, {})[branch] = _load_npz(path)
   return {'config': _read_json(os.path.join(workdir, 'config.json')) or {},
           'final': _read_json(os.path.join(workdir, 'final_metrics.json')),
           'versions': _read_json(os.path.join(workdir, 'versions.json')),
           'series': read_metrics(os.path.join(workdir, 'metrics.jsonl')),
-          'evals': dict(sorted(evals.items())), 'predictions': predictions}
+          'evals': dict(sorted(evals.items())), 'predictions': predictions,
+          'heldout': heldout}
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+  arrays = {}
+  with np.load(path) as z:  # No pickles: an object array (e.g. str as objects) is skipped.
+    for k in z.files:
+      try:
+        arrays[k] = z[k]
+      except ValueError:
+        continue
+  return arrays
 
 
 def class_names(config: dict, num_classes: int) -> list[str]:
@@ -152,7 +162,7 @@ def group_metrics(arrays: dict, field: str, multilabel: bool,
     rows.append(row)
   seasonal = all(r['group'].lower() in _SEASONS for r in rows)
   return sorted(rows, key=(lambda r: _SEASONS.index(r['group'].lower())) if seasonal else
-                (lambda r: (-r['n'], r['group'])))
+                (lambda r: (r['group'] == OTHER, -r['n'], r['group'])))
 
 
 _CSS = """
@@ -263,39 +273,104 @@ def _class_items(last: dict, branches: list[str], multilabel: bool, names: list[
   return items
 
 
-def _prediction_items(preds: dict, multilabel: bool, threshold: float, out: str) -> list[tuple]:
-  """The map of evaluation samples and, where predictions carry them, per-country/season."""
-  points = {}
-  for b, arrays in preds.items():
+MIN_GROUP = 30  # Smaller per-country/season groups give noise, not a readable bar.
+OTHER = 'other'
+
+
+def lump_small_groups(values: np.ndarray, min_n: Optional[int] = None) -> np.ndarray:
+  """str [N] with every value that occurs fewer than min_n times replaced by OTHER.
+
+  min_n defaults to 1% of N, at most MIN_GROUP: EuroSAT's 5,000 test images reverse-geocode
+  to some 30 countries, a few with 2-5 images.
+  """
+  values = np.asarray(values).astype(str)
+  if min_n is None:
+    min_n = min(MIN_GROUP, math.ceil(0.01 * len(values)))
+  names, counts = np.unique(values, return_counts=True)
+  small = names[counts < min_n]
+  return np.where(np.isin(values, small), OTHER, values) if small.size else values
+
+
+def with_countries(arrays: dict) -> dict:
+  """`arrays` with a 'country' field: the records' own, else (EuroSAT has none) ISO codes
+  reverse-geocoded offline from lat/lon when the [geo] extra is installed; else unchanged."""
+  if 'country' in arrays or 'lat' not in arrays or not len(arrays['lat']):
+    return arrays
+  try:
+    from data_prep import regions  # pylint: disable=g-import-not-at-top
+    codes = regions.country_codes(arrays['lat'], arrays['lon'])
+  except (ImportError, ValueError):  # No offline geocoder: no per-country table.
+    return arrays
+  return dict(arrays, country=np.asarray(codes, dtype=str), country_geocoded=True)
+
+
+def _prediction_items(preds: dict, heldout: dict, multilabel: bool, threshold: float,
+                      regions: dict, out: str) -> list[tuple]:
+  """The map of evaluation samples and, where predictions carry them, per-country/season.
+
+  preds: {branch: arrays} of the latest evaluation (eval split); heldout: {split: {branch:
+  arrays}} of the shift evaluation's unshifted models on held-out-region splits.
+  """
+  def point(arrays, label):
     s = sample_scores(arrays, multilabel, threshold)
-    points[b] = {'lat': arrays['lat'], 'lon': arrays['lon'],
-                 **({'score': s} if multilabel else {'correct': s > 0.5})}
-  step = int(next(iter(preds.values())).get('step', -1))
+    return {'lat': arrays['lat'], 'lon': arrays['lon'], 'label': label,
+            **({'score': s} if multilabel else {'correct': s > 0.5})}
+
+  def step_of(arrays):
+    return int(arrays.get('step', -1))
+
+  points = {b: point(a, f'{plots.branch_label(b)}, {a.get("split", "eval")} split (step '
+                        f'{step_of(a)})') for b, a in preds.items()}
+  for split, by_branch in heldout.items():
+    for b, a in by_branch.items():
+      points[f'{b}@{split}'] = point(a, f'{plots.branch_label(b)}, {split} '
+                                        f'({regions.get(split, "out of region")}, step '
+                                        f'{step_of(a)})')
   plots.sample_map(points, os.path.join(out, 'map.png'),
-                   f'Evaluation samples by location, step {step}')
-  if max(len(a['lat']) for a in preds.values()) > plots.MAP_MAX_POINTS:
+                   'Samples by location, coloured by correct or wrong',
+                   ncols=max(len(preds), min(len(points), 2)))
+  if max(len(p['lat']) for p in points.values()) > plots.MAP_MAX_POINTS:
     legend = 'Hexagonal cells coloured by the mean score of their samples'
   else:
     legend = 'Dots coloured by their score' if multilabel else ('Green dots: correct; red '
                                                                 'crosses: wrong')
   score = f'per-sample F1 of the labels with logit > {threshold}' if multilabel else 'accuracy'
+  rows_note = (' The first row is the latest evaluation of the evaluation split; below it, '
+               'what --mode=eval_shift evaluated (its checkpoint, usually the best) on ' +
+               ', '.join(f'{s} ({regions.get(s, "out of region")})' for s in heldout) + '.'
+               if heldout else '')
   items = [('map.png', f'Longitude/latitude in degrees with equal aspect (no basemap). '
-            f'{legend}. Score: {score}.', None)]
+            f'{legend}. Score: {score}.{rows_note}', None)]
   key = 'micro_map' if multilabel else 'accuracy'
+  # Per group: the eval split's rows, then each held-out split's, marked as such.
+  sets = [('', {b: with_countries(a) for b, a in preds.items()})]
+  sets += [(f' ({split})', {b: with_countries(a) for b, a in by_branch.items()})
+           for split, by_branch in heldout.items()]
   for field in ('country', 'season'):
-    have = [b for b, a in preds.items() if field in a]
+    have = [b for b in preds if all(field in arrays.get(b, {}) for _, arrays in sets)]
     if not have:
       continue
-    tables = {b: group_metrics(preds[b], field, multilabel, threshold) for b in have}
+    tables = {b: [] for b in have}
+    for suffix, arrays in sets:
+      for b in have:
+        lumped = dict(arrays[b], **{field: lump_small_groups(arrays[b][field])})
+        tables[b] += [dict(r, group=r['group'] + suffix)
+                      for r in group_metrics(lumped, field, multilabel, threshold)]
     rows = tables[have[0]]
     by_group = {b: {r['group']: r[key] for r in tables[b]} for b in have}
     plots.group_bars([r['group'] for r in rows],
                      {b: np.array([by_group[b].get(r['group'], np.nan) for r in rows])
                       for b in have},
                      [r['n'] for r in rows], os.path.join(out, f'by_{field}.png'),
-                     f'{plots.PRETTY[key]} per {field}, step {step}', plots.PRETTY[key])
+                     f'{plots.PRETTY[key]} per {field}', plots.PRETTY[key])
+    geocoded = field == 'country' and sets[0][1][have[0]].get('country_geocoded', False)
     items.append((f'by_{field}.png', f'Metrics per {field}' + (
-        '; macro mAP averages the classes present in the group.' if multilabel else '.'),
+        ' (ISO code of the nearest populated place, reverse-geocoded offline from lat/lon: '
+        'the records have no country)' if geocoded else '') + (
+        '; macro mAP averages the classes present in the group.' if multilabel else '.') + (
+        ' Groups marked with a split name are out of region.' if len(sets) > 1 else '') + (
+        f' Groups of fewer than 1% of a split\'s samples (at most {MIN_GROUP}) are pooled as '
+        f'"{OTHER}".' if any(r['group'].startswith(OTHER) for r in rows) else ''),
                   _group_table(tables, field)))
   return items
 
@@ -316,6 +391,19 @@ def _shift_eval_items(workdir: str, out: str) -> list[tuple]:
            'EMA weights on the evaluation split (in region) and on any held-out split (out '
            'of region); the teacher also with its metadata removed or shifted.',
            _table(header, body))]
+
+
+def _regions(config: dict, heldout: dict) -> dict[str, str]:
+  """{split: region description} from the prepared dataset's info, when it is reachable."""
+  if not heldout:
+    return {}
+  data = config.get('data', {})
+  try:
+    from stssl_jax import shift_eval  # pylint: disable=g-import-not-at-top
+    from stssl_jax.data import records  # pylint: disable=g-import-not-at-top
+    return shift_eval.region_names(records.load_info(data['data_dir'], data['name']))
+  except (OSError, KeyError, ValueError, ImportError):
+    return {}
 
 
 def write_report(workdir: str) -> str:
@@ -357,7 +445,9 @@ def write_report(workdir: str) -> str:
     num_classes = len(last[branches[0]]['per_class_ap' if multilabel else 'confusion'])
     items += _class_items(last, branches, multilabel, class_names(config, num_classes), out)
   if preds:
-    items += _prediction_items(preds, multilabel, float(config.get('f1_threshold', 0.5)), out)
+    items += _prediction_items(preds, run['heldout'], multilabel,
+                               float(config.get('f1_threshold', 0.5)),
+                               _regions(config, run['heldout']), out)
   if items:
     sections.append(('Latest evaluation', items))
 

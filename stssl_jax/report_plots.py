@@ -172,28 +172,34 @@ def _extent(lat: np.ndarray, lon: np.ndarray) -> tuple[float, float, float, floa
 
 
 def sample_map(points: Mapping[str, dict], path: str, title: str,
-               max_points: int = MAP_MAX_POINTS) -> str:
-  """Evaluation samples at their (lon, lat), one panel per branch, equal aspect.
+               max_points: int = MAP_MAX_POINTS, ncols: Optional[int] = None) -> str:
+  """Evaluation samples at their (lon, lat), one panel per entry, equal aspect, one extent.
 
   Args:
-    points: branch -> {'lat' [N], 'lon' [N], and either 'correct' [N] bool (single-label:
+    points: panel key -> {'lat' [N], 'lon' [N], and either 'correct' [N] bool (single-label:
       green dots / red crosses) or 'score' [N] in [0, 1] (multi-label: per-sample F1, coloured
-      by a colour map)}.
+      by a colour map); optionally 'label' (panel title; default the branch label of the key)}.
     path: output PNG.
     title: figure title.
     max_points: above this many samples, hexagonal cells coloured by their mean score
       replace the individual markers.
+    ncols: panels per row (default: all in one row).
 
   Returns:
     path.
   """
   branches = list(points)
-  first = points[branches[0]]
-  x0, x1, y0, y1 = _extent(np.asarray(first['lat']), np.asarray(first['lon']))
+  ncols = min(ncols or len(branches), len(branches))
+  nrows = math.ceil(len(branches) / ncols)
+  # One extent for every panel, so that held-out regions show where they lie.
+  x0, x1, y0, y1 = _extent(np.concatenate([np.asarray(p['lat']) for p in points.values()]),
+                           np.concatenate([np.asarray(p['lon']) for p in points.values()]))
   aspect = (y1 - y0) / (x1 - x0)
-  width = 5.8 if len(branches) > 1 else 7.5
-  fig = _new((width * len(branches), min(9.0, max(3.5, width * aspect)) + 0.9))
-  axes = np.atleast_1d(fig.subplots(1, len(branches), squeeze=False).ravel())
+  width = 5.8 if ncols > 1 else 7.5
+  fig = _new((width * ncols, nrows * (min(9.0, max(3.5, width * aspect)) + 0.4) + 0.5))
+  axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+  for ax in axes[len(branches):]:
+    ax.set_visible(False)
   for ax, branch in zip(axes, branches):
     p = points[branch]
     lat, lon = np.asarray(p['lat']), np.asarray(p['lon'])
@@ -221,8 +227,8 @@ def sample_map(points: Mapping[str, dict], path: str, title: str,
     ax.set_xlabel('longitude (degrees east)')
     ax.set_ylabel('latitude (degrees north)')
     ax.grid(alpha=0.3)
-    ax.set_title(f'{branch_label(branch)}: {len(lat)} samples, {what} {score.mean():.3f}',
-                 fontsize=10.5)
+    ax.set_title(f'{p.get("label", branch_label(branch))}\n{len(lat)} samples, {what} '
+                 f'{score.mean():.3f}', fontsize=9.5)
   fig.suptitle(title, fontsize=12)
   return _save(fig, path)
 
@@ -261,6 +267,40 @@ def group_bars(groups: Sequence[str], values: Mapping[str, np.ndarray], counts: 
 
 
 # ----- Which curves go in which figure (names follow train.py's metrics.jsonl keys). -----
+
+def model_bars(rows: Sequence[dict], key: str, path: str, title: str) -> str:
+  """Grouped bars of rows[key], each labelled with its value: one group per 'model', one bar
+  (and legend entry) per 'split'. Scores in [0, 1] get a [0, 1] axis, so charts compare.
+
+  Args:
+    rows: dicts with 'split', 'model' and key (a missing combination leaves a gap).
+    path: output PNG.
+    title: figure title.
+
+  Returns:
+    path.
+  """
+  splits = list(dict.fromkeys(r['split'] for r in rows))
+  models = list(dict.fromkeys(r['model'] for r in rows))
+  width = min(0.8 / len(splits), 0.3)
+  fig = _new((max(6.5, 0.55 * len(models) * len(splits) + 3.0), 5.2))
+  ax = fig.subplots()
+  for i, split in enumerate(splits):
+    vals = [next((float(r[key]) for r in rows if r['split'] == split and r['model'] == m),
+                 np.nan) for m in models]
+    bars = ax.bar(np.arange(len(models)) + i * width, vals, width, label=split)
+    ax.bar_label(bars, fmt='%.3f', fontsize=7, padding=1)
+  ax.set_xticks(np.arange(len(models)) + width * (len(splits) - 1) / 2)
+  ax.set_xticklabels([short_name(m, 28) for m in models], rotation=25, ha='right', fontsize=8)
+  values = np.array([float(r[key]) for r in rows], np.float64)
+  if np.all((values >= 0) & (values <= 1)):
+    ax.set_ylim(0, 1.08)
+  ax.set_ylabel(PRETTY.get(key, key))
+  ax.grid(axis='y', alpha=0.3)
+  ax.set_title(title, fontsize=11)
+  ax.legend(title='split', fontsize=8, loc='best')
+  return _save(fig, path)
+
 
 PRETTY = {'top1': 'top-1 accuracy', 'balanced_acc': 'balanced accuracy',
           'macro_precision': 'macro precision', 'macro_recall': 'macro recall',

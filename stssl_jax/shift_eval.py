@@ -15,6 +15,7 @@ The shifts act on the encoded 4-vector m = [lat/90, lon/180, sin t, cos t] exact
 raw lat/lon/date had been changed before encoding (METHOD 1.1).
 """
 
+import ast
 import csv
 import os
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from stssl_jax import algorithms, checkpoint, metadata, train
+from stssl_jax import algorithms, checkpoint, metadata, report_plots, train
 from stssl_jax.data import pipeline
 from stssl_jax.models import stssl as models
 
@@ -102,57 +103,68 @@ def run(config, workdir: str) -> list[dict]:
   key = 'macro_map' if config.multilabel else 'top1'
   # A second metric that class-frequency shifts between regions do not move by themselves.
   second = 'micro_map' if config.multilabel else 'balanced_acc'
+  out_dir = os.path.join(workdir, 'shift_eval')
+  os.makedirs(out_dir, exist_ok=True)
   rows = []
   for split in splits:
     for name, branch, shift in variants(config, algo.stssl):
-      summary, _ = train.evaluate(params, eval_fn, config, split, branch, data_sh,
-                                  num_updates=jnp.int32(step),
-                                  meta_fn=lambda m, shift=shift: shift_meta(m, **shift))
+      # Per-sample predictions of the unshifted models feed the report's maps and
+      # per-country tables, out of region included.
+      summary, arrays = train.evaluate(params, eval_fn, config, split, branch, data_sh,
+                                       collect=not shift, num_updates=jnp.int32(step),
+                                       meta_fn=lambda m, shift=shift: shift_meta(m, **shift))
+      if arrays is not None and jax.process_index() == 0:
+        train.save_predictions(os.path.join(out_dir, f'predictions_{split}_{branch}.npz'),
+                               step=step, split=split, **arrays)
       rows.append({'split': split, 'model': name, key: summary[key],
                    second: summary[second], 'loss': summary['loss']})
-  _write(rows, key, second, os.path.join(workdir, 'shift_eval'), source)
+  _write(rows, key, second, out_dir, source, region_names(info))
   return rows
 
 
-def _write(rows, key, second, out_dir, source):
+def region_names(info: dict) -> dict[str, str]:
+  """{split: 'in region' or 'out of region: <what was held out>'} from the dataset info.
+
+  EuroSAT's prep record has holdout_countries/holdout_box; BigEarthNet's info has
+  holdout.settings {countries, seasons, match}.
+  """
+  prep = info.get('prep') or {}
+  if isinstance(prep, str):  # Older TFDS metadata stored nested values as their repr.
+    try:
+      prep = ast.literal_eval(prep)
+    except (ValueError, SyntaxError):
+      prep = {}
+  ben = (info.get('holdout') or {}).get('settings') or {}
+  held = [', '.join(prep.get('holdout_countries') or []), prep.get('holdout_box') or '',
+          ', '.join(ben.get('countries') or []), ', '.join(ben.get('seasons') or [])]
+  held = [h for h in held if h]
+  joiner = ' and ' if ben.get('match') == 'all' else '; '
+  what = 'out of region' + (f': {joiner.join(held)}' if held else '')
+  return {s: what if s.startswith('heldout') else 'in region' for s in info.get('splits', {})}
+
+
+def _write(rows, key, second, out_dir, source, regions=None):
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'shift_eval.csv'), 'w', newline='') as f:
+  tmp = os.path.join(out_dir, '.shift_eval.csv.tmp')
+  with open(tmp, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
+  os.replace(tmp, os.path.join(out_dir, 'shift_eval.csv'))
+  regions = regions or {}
+  where = lambda s: regions.get(s, 'out of region' if s.startswith('heldout') else 'in region')
   lines = [f'Metadata-shift evaluation ({source}); metrics: {key}, {second}.', '',
-           f'| split | model | {key} | {second} | loss |', '|---|---|---|---|---|']
-  lines += [f'| {r["split"]} | {r["model"]} | {r[key]:.4f} | {r[second]:.4f} | '
-            f'{r["loss"]:.4f} |' for r in rows]
-  with open(os.path.join(out_dir, 'shift_eval.md'), 'w') as f:
+           f'| split | region | model | {key} | {second} | loss |', '|---|---|---|---|---|---|']
+  lines += [f'| {r["split"]} | {where(r["split"])} | {r["model"]} | {r[key]:.4f} | '
+            f'{r[second]:.4f} | {r["loss"]:.4f} |' for r in rows]
+  tmp = os.path.join(out_dir, '.shift_eval.md.tmp')
+  with open(tmp, 'w') as f:
     f.write('\n'.join(lines) + '\n')
+  os.replace(tmp, os.path.join(out_dir, 'shift_eval.md'))
   title = ('EMA student vs EMA teacher under metadata shifts'
            if len({r['model'] for r in rows}) > 1 else 'EMA model in and out of the held-out region')
   many = len({r['split'] for r in rows}) > 1
-  chart = [dict(r, split=r['split'] + ((' (out of region)' if r['split'].startswith('heldout')
-                                        else ' (in region)') if many else '')) for r in rows]
-  bar_chart(chart, key, os.path.join(out_dir, 'shift_eval.png'), title)
+  chart = [dict(r, split=r['split'] + (f' ({where(r["split"])})' if many else ''))
+           for r in rows]
+  report_plots.model_bars(chart, key, os.path.join(out_dir, 'shift_eval.png'), title)
 
-
-def bar_chart(rows: list[dict], key: str, path: str, title: str) -> str:
-  """Grouped bars of rows[key]: one group per 'model', one bar (and legend entry) per 'split'."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  splits = list(dict.fromkeys(r['split'] for r in rows))
-  models_ = list(dict.fromkeys(r['model'] for r in rows))
-  fig, ax = plt.subplots(figsize=(max(10, 0.9 * len(models_) + 3), 4.8))
-  width = 0.8 / len(splits)
-  for i, split in enumerate(splits):
-    vals = [next((r[key] for r in rows if r['split'] == split and r['model'] == m), np.nan)
-            for m in models_]
-    ax.bar(np.arange(len(models_)) + i * width, vals, width, label=split)
-  ax.set_xticks(np.arange(len(models_)) + width * (len(splits) - 1) / 2)
-  ax.set_xticklabels(models_, rotation=25, ha='right', fontsize=8)
-  ax.set_ylabel(key)
-  ax.set_title(title)
-  ax.legend(title='split')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path

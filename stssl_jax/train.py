@@ -97,6 +97,7 @@ def make_eval_fn(model, algo, config, out_sharding):
     out = {} if config.multilabel else steps.eval_stats(logits, batch)
     if gather:
       out.update(logits=logits, label=batch['label'], mask=batch['mask'], meta=batch['meta'])
+      out.update({k: v for k, v in batch.items() if k.endswith(pipeline.TEXT_SUFFIX)})
     return out
   return jax.jit(eval_impl, static_argnums=(2, 3), out_shardings=out_sharding)
 
@@ -107,7 +108,8 @@ def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, nu
 
   Single-label accumulates confusion counts on device; multi-label gathers the valid rows'
   logits to the host, since AP needs every score. With `collect`, also returns the valid
-  rows' logits, labels and lat/lon (decoded from the metadata) for reports.
+  rows' logits, labels, lat/lon (decoded from the metadata) and, where the records have
+  them, country/season (str [N]) for reports.
 
   Returns:
     (summary dict, arrays dict or None).
@@ -117,11 +119,14 @@ def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, nu
   for batch in pipeline.eval_batches(config, split):
     if meta_fn is not None:  # Metadata-shift evaluation (shift_eval.py).
       batch = dict(batch, meta=meta_fn(batch['meta']))
+    if not collect:  # Text fields only serve the collected per-sample predictions.
+      batch = {k: v for k, v in batch.items() if not k.endswith(pipeline.TEXT_SUFFIX)}
     out = eval_fn(params, _global_batch(batch, sharding), branch, gather, num_updates)
     if gather:
       keep = np.asarray(jax.device_get(out['mask']))
-      for k in rows:
-        rows[k].append(np.asarray(jax.device_get(out[k]))[keep])
+      for k in out:
+        if k in ('logits', 'label', 'meta') or k.endswith(pipeline.TEXT_SUFFIX):
+          rows.setdefault(k, []).append(np.asarray(jax.device_get(out[k]))[keep])
     if not config.multilabel:
       stats = {k: out[k] for k in ('confusion', 'loss_sum', 'count')}
       acc = stats if acc is None else jax.tree_util.tree_map(jnp.add, acc, stats)
@@ -130,6 +135,8 @@ def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, nu
     arrays = {k: np.concatenate(v) for k, v in rows.items()}
     meta = arrays.pop('meta')
     arrays['lat'], arrays['lon'] = meta[:, 0] * 90.0, meta[:, 1] * 180.0
+    for k in [k for k in arrays if k.endswith(pipeline.TEXT_SUFFIX)]:
+      arrays[k[:-len(pipeline.TEXT_SUFFIX)]] = pipeline.decode_text(arrays.pop(k))
   if config.multilabel:
     summary = metrics_ml.summarize(arrays['logits'], arrays['label'], config.f1_threshold)
   else:
@@ -279,7 +286,7 @@ def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding, workdir,
     out.update(_scalars(branch, summary))
     full[branch] = {k: np.asarray(v).tolist() for k, v in summary.items()}
     if arrays is not None and main:
-      _atomic_savez(os.path.join(workdir, 'eval', f'predictions_{branch}.npz'), step=step,
+      save_predictions(os.path.join(workdir, 'eval', f'predictions_{branch}.npz'), step=step,
                     split=split, **arrays)
   if main:
     _atomic_json(os.path.join(workdir, 'eval', f'step_{step}.json'),
@@ -309,7 +316,8 @@ def _atomic_json(path, obj):
   os.replace(tmp, path)
 
 
-def _atomic_savez(path, **arrays):
+def save_predictions(path, **arrays):
+  """np.savez to `path` atomically (a reader never sees a partial file)."""
   tmp = path + '.tmp.npz'
   np.savez(tmp, **arrays)
   os.replace(tmp, path)

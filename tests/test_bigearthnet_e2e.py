@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from stssl_jax import report
+
 ROOT = pathlib.Path(__file__).parent.parent
 SAMPLE = ROOT / 'data' / 'bigearthnet_sample'
 
@@ -38,3 +40,18 @@ def test_bigearthnet_demo_prints_map(prepared_ben, tmp_path):
   assert preds['logits'].shape == (3, 43) and preds['label'].shape == (3, 43)
   # Validation patches are in Europe (lat/lon decoded from the metadata vector).
   assert np.all((preds['lat'] > 35) & (preds['lat'] < 70))
+  # Country and season travel with each sample (for the report's per-group tables): the
+  # validation patches' own, from the metadata table, in the predictions' order.
+  import csv
+  with open(SAMPLE / 'metadata.csv') as f:
+    rows = [r for r in csv.DictReader(line for line in f if not line.startswith('#'))]
+  by_latlon = {(round(float(r['lat']), 2), round(float(r['lon']), 2)): (r['country'], r['season'])
+               for r in rows}
+  got = [by_latlon[(round(float(a), 2), round(float(o), 2))]
+         for a, o in zip(preds['lat'], preds['lon'])]
+  assert list(preds['country']) == [c for c, _ in got]
+  assert list(preds['season']) == [s for _, s in got]
+  page = pathlib.Path(report.write_report(str(workdir))).read_text()
+  assert (workdir / 'report' / 'by_country.png').is_file()
+  assert (workdir / 'report' / 'by_season.png').is_file()
+  assert f'<td>{got[0][0]}</td>' in page

@@ -47,9 +47,11 @@ def _check_report(index: pathlib.Path, expected: set[str]):
 def test_real_run_report(run_dir):
   index = pathlib.Path(report.write_report(str(run_dir)))
   assert index == run_dir / 'report' / 'index.html'
+  # by_country: EuroSAT has no country field; the [geo] extra (in [test]) geocodes lat/lon.
   page = _check_report(index, {'losses.png', 'pseudo_labels.png', 'optimization.png',
                                'eval_metrics.png', 'confusion_student.png',
-                               'confusion_teacher.png', 'map.png'})
+                               'confusion_teacher.png', 'map.png', 'by_country.png'})
+  assert 'reverse-geocoded offline' in page
   # Summary, config and package versions are in the page.
   assert 'stssl_fixmatch' in page and 'student (image only)' in page
   assert '&quot;num_steps&quot;: 4' in page
@@ -204,3 +206,13 @@ def test_report_of_an_empty_workdir(tmp_path):
   index = pathlib.Path(report.write_report(str(tmp_path)))
   page = _check_report(index, set())
   assert 'no final_metrics.json yet' in page
+
+
+def test_small_groups_are_pooled_relative_to_the_split():
+  values = np.array(['FR'] * 300 + ['DE'] * 150 + ['UA'] * 2 + ['VA'] * 1 + ['LU'] * 5)
+  got = report.lump_small_groups(values)  # 1% of 458 -> groups under 5 samples.
+  assert sorted(set(got)) == ['DE', 'FR', 'LU', report.OTHER]
+  assert (got == report.OTHER).sum() == 3
+  np.testing.assert_array_equal(report.lump_small_groups(values, min_n=10) == report.OTHER,
+                                np.isin(values, ['UA', 'VA', 'LU']))
+  assert set(report.lump_small_groups(values[:40])) == {'FR'}  # Nothing small: kept.

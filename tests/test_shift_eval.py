@@ -5,9 +5,15 @@ import pathlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import test as test_config
+from data_prep import eurosat
 from stssl_jax import metadata, report, shift_eval, train
+from stssl_jax.data import records
+
+SAMPLE = pathlib.Path(__file__).parent.parent / 'data' / 'eurosat_sample'
+BOX = '35,44,-10,4'  # Iberia and southern France.
 
 
 def test_shift_meta_equals_encoding_shifted_raw_values():
@@ -46,3 +52,39 @@ def test_eval_shift_table_of_a_tiny_run(prepared, tmp_path):
   page = pathlib.Path(report.write_report(str(tmp_path))).read_text()
   assert 'Metadata-shift evaluation' in page and 'teacher, no_loc' in page
   assert (tmp_path / 'report' / 'shift_eval.png').stat().st_size > 10_000
+
+
+def test_eval_shift_in_and_out_of_a_held_out_region(tmp_path):
+  """A run trained without a region is evaluated on it separately; the report maps it."""
+  data = tmp_path / 'data'
+  eurosat.prepare(str(SAMPLE / '2750'), str(data), str(SAMPLE / 'coords.csv'), holdout_box=BOX)
+  info = records.load_info(str(data), 'eurosat')
+  config = test_config.get_config('stssl_fixmatch')
+  config.data.data_dir = str(data)
+  config.num_steps = config.eval_every = 4
+  run = tmp_path / 'run'
+  train.train_and_evaluate(config, str(run))
+  rows = shift_eval.run(config, str(run))
+  names = [name for name, _, _ in shift_eval.variants(config)]
+  assert [(r['split'], r['model']) for r in rows] == [(s, n) for s in ('test', 'heldout')
+                                                      for n in names]
+  # The out-of-region row is the held-out samples alone: recomputed from their predictions.
+  for branch, name in (('student', 'student (image only)'), ('teacher', 'teacher, true metadata')):
+    preds = np.load(run / 'shift_eval' / f'predictions_heldout_{branch}.npz')
+    assert len(preds['label']) == info['splits']['heldout'] > 10
+    assert shift_eval.region_names(info)['heldout'] == f'out of region: {BOX}'
+    lat, lon = preds['lat'], preds['lon']
+    assert ((lat >= 35) & (lat <= 44) & (lon >= -10) & (lon <= 4)).all()
+    row = next(r for r in rows if r['split'] == 'heldout' and r['model'] == name)
+    assert row['top1'] == pytest.approx(np.mean(preds['logits'].argmax(-1) == preds['label']))
+  md = (run / 'shift_eval' / 'shift_eval.md').read_text()
+  assert f'| heldout | out of region: {BOX} | student (image only) |' in md
+  assert '| test | in region | teacher, no_loc |' in md
+  # The report maps both splits and tables countries (reverse-geocoded: EuroSAT has none),
+  # the held-out ones marked.
+  page = pathlib.Path(report.write_report(str(run))).read_text()
+  assert f'heldout (out of region: {BOX})' in page
+  with Image.open(run / 'report' / 'map.png') as img:
+    assert img.size[1] > 0.7 * img.size[0]  # 2 x 2 panels: student and teacher, in and out.
+  assert (run / 'report' / 'by_country.png').stat().st_size > 10_000
+  assert '(heldout)</td>' in page and 'reverse-geocoded offline' in page

@@ -58,6 +58,27 @@ from stssl_jax.data import transforms
 # Stream ids, folded into the seeds so that the two samplers are independent.
 _LABELED, _UNLABELED = 0, 1
 SAMPLERS = ('seeded', 'original')
+# Text fields of a record that evaluation carries per sample (per-country/season metrics),
+# as fixed-width UTF-8 bytes `<field>_utf8` uint8 [B, TEXT_BYTES]: numeric, so they travel
+# through the jitted eval gather like the labels, on one host or many.
+GROUP_FIELDS = ('country', 'season')
+TEXT_BYTES = 32
+TEXT_SUFFIX = '_utf8'
+
+
+def encode_text(values: Sequence[Any]) -> np.ndarray:
+  """str or bytes [N] -> uint8 [N, TEXT_BYTES], UTF-8, zero-padded (longer ones cut)."""
+  out = np.zeros((len(values), TEXT_BYTES), np.uint8)
+  for i, v in enumerate(values):
+    b = (v if isinstance(v, bytes) else str(v).encode('utf-8'))[:TEXT_BYTES]
+    out[i, :len(b)] = np.frombuffer(b, np.uint8)
+  return out
+
+
+def decode_text(codes: np.ndarray) -> np.ndarray:
+  """uint8 [N, TEXT_BYTES] -> str [N] (inverse of `encode_text`)."""
+  return np.array([bytes(row).rstrip(b'\0').decode('utf-8', 'replace')
+                   for row in np.asarray(codes, np.uint8)], dtype=str)
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -344,16 +365,21 @@ def eval_batches_from_source(config: ml_collections.ConfigDict,
   label = np.asarray(first[key])
   label_dtype = np.float32 if label.ndim else np.int32
   size, meta = config.data.image_size, MetaEncoder(config)
+  text = [f for f in GROUP_FIELDS if f in first]
   for k in range(math.ceil(total / b)):
     recs = _read(source, [k * b + j for j in rows if k * b + j < total])
     batch = {'image': np.zeros((len(rows), size, size, t.channels), np.float32),
              'label': np.zeros((len(rows),) + label.shape, label_dtype),
              'meta': np.zeros((len(rows), 4), np.float32),
              'mask': np.arange(len(rows)) < len(recs)}
+    for f in text:
+      batch[f + TEXT_SUFFIX] = np.zeros((len(rows), TEXT_BYTES), np.uint8)
     if recs:
       batch['image'][:len(recs)] = np.stack([t.eval_image(t.image_of(r)) for r in recs])
       batch['label'][:len(recs)] = _labels([{'label': r[key]} for r in recs])
       batch['meta'][:len(recs)] = meta(recs)
+      for f in text:
+        batch[f + TEXT_SUFFIX][:len(recs)] = encode_text([r[f] for r in recs])
     yield batch
 
 
@@ -375,7 +401,9 @@ def eval_batches(config: ml_collections.ConfigDict, split: str,
 
   Yields:
     dict: image float32 [Be, S, S, C] (resize (+ clip-scale) + normalise), label int32
-    [Be] (or float32 multi-hot [Be, num_classes]), meta float32 [Be, 4], mask bool [Be].
+    [Be] (or float32 multi-hot [Be, num_classes]), meta float32 [Be, 4], mask bool [Be];
+    and, where the records have them, country_utf8 / season_utf8 uint8 [Be, TEXT_BYTES]
+    (`decode_text`).
   """
   source = records.open_split(config.data.data_dir, config.data.name, split)
   yield from eval_batches_from_source(config, source, process_index, process_count,
