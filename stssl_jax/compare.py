@@ -9,7 +9,7 @@ Reads, from each workdir, what training and `--mode=eval_shift` left there:
   `heldout*` = out of region).
 Writes OUT_DIR/compare.md, compare_pl.csv, compare_eval.csv and compare_eval.png.
 
-Pooling: every interval logs `log_every` steps of the same unlabeled batch size, so the number
+Pooling (`report.pooled_pl`): every interval logs `log_every` steps of the same unlabeled batch size, so the number
 of samples n is the same in each. Recall and accuracy_all are means over n, pooled exactly by
 averaging intervals; accuracy is over the accepted samples (n * recall of them), pooled exactly
 by weighting each interval's accuracy with its recall. Macro precision has per-class
@@ -20,39 +20,9 @@ import csv
 import os
 import sys
 
-import numpy as np
-
 from stssl_jax import report, report_plots
 
-PL_METRICS = ('recall', 'accuracy', 'accuracy_all', 'precision')
-
-
-def pooled_pl(series: dict, source: str, since: int = 0) -> dict:
-  """Pseudo-label quality of `source` pooled over the logging intervals at step >= since.
-
-  Args:
-    series: `report.read_metrics` output, {key: (steps [T], values [T])}.
-    source: 'teacher' or 'image_only'.
-    since: first step to include.
-  Returns:
-    {metric: value} for PL_METRICS (NaN where nothing was accepted), plus 'intervals'.
-  """
-  def values(metric):
-    steps, v = series.get(f'train/pl/{source}/{metric}', (np.zeros(0), np.zeros(0)))
-    return v[steps >= since]
-  recall, acc = values('recall'), values('accuracy')
-  out = {'intervals': int(recall.size)}
-  if not recall.size:
-    return {**out, **{m: float('nan') for m in PL_METRICS}}
-  out['recall'] = float(recall.mean())
-  ok = np.isfinite(acc) & (recall > 0)  # An interval that accepted nothing adds nothing.
-  out['accuracy'] = (float(np.sum(acc[ok] * recall[ok]) / np.sum(recall[ok])) if ok.any()
-                     else float('nan'))
-  for m in ('accuracy_all', 'precision'):
-    v = values(m)
-    v = v[np.isfinite(v)]
-    out[m] = float(v.mean()) if v.size else float('nan')
-  return out
+PL_METRICS = report.PL_METRICS
 
 
 def _sources(series: dict) -> list[str]:
@@ -87,7 +57,7 @@ def compare(runs: dict[str, str], out_dir: str) -> dict:
     for source in _sources(series):
       for window, since in (('whole run', 0), ('last quarter', int(0.75 * last) + 1)):
         pl_rows.append({'run': name, 'source': source, 'window': window,
-                        **pooled_pl(series, source, since)})
+                        **report.pooled_pl(series, source, since)})
     for r in _read_shift(workdir):
       region = 'out of region' if r['split'].startswith('heldout') else 'in region'
       eval_rows.append({'run': name, 'model': r['model'], 'split': r['split'],

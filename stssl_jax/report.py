@@ -70,6 +70,37 @@ def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return {k: (np.array(sorted(d)), np.array([d[s] for s in sorted(d)])) for k, d in by_key.items()}
 
 
+PL_METRICS = ('recall', 'accuracy', 'accuracy_all', 'precision')
+
+
+def pooled_pl(series: dict, source: str, since: int = 0) -> dict:
+  """Pseudo-label quality of `source` pooled over the logging intervals at step >= since.
+
+  Args:
+    series: `report.read_metrics` output, {key: (steps [T], values [T])}.
+    source: 'teacher' or 'image_only'.
+    since: first step to include.
+  Returns:
+    {metric: value} for PL_METRICS (NaN where nothing was accepted), plus 'intervals'.
+  """
+  def values(metric):
+    steps, v = series.get(f'train/pl/{source}/{metric}', (np.zeros(0), np.zeros(0)))
+    return v[steps >= since]
+  recall, acc = values('recall'), values('accuracy')
+  out = {'intervals': int(recall.size)}
+  if not recall.size:
+    return {**out, **{m: float('nan') for m in PL_METRICS}}
+  out['recall'] = float(recall.mean())
+  ok = np.isfinite(acc) & (recall > 0)  # An interval that accepted nothing adds nothing.
+  out['accuracy'] = (float(np.sum(acc[ok] * recall[ok]) / np.sum(recall[ok])) if ok.any()
+                     else float('nan'))
+  for m in ('accuracy_all', 'precision'):
+    v = values(m)
+    v = v[np.isfinite(v)]
+    out[m] = float(v.mean()) if v.size else float('nan')
+  return out
+
+
 def load_run(workdir: str) -> dict[str, Any]:
   """Everything the report reads from a workdir (None or empty where a file is missing)."""
   evals = {}
@@ -226,6 +257,24 @@ def _summary(config: dict, final: Optional[dict], last_eval: dict, branches: lis
         ['metric'] + [plots.branch_label(b) for b in branches],
         [[plots.PRETTY.get(m, m)] + [source.get(f'{b}/{m}', '') for b in branches] for m in metrics])
   return out
+
+
+def _pooled_pl_table(series: dict) -> Optional[str]:
+  """Pseudo-label quality per source pooled over the whole run and its last quarter."""
+  sources = sorted({k.split('/')[2] for k in series if k.startswith('train/pl/')},
+                   key=lambda s: (s != 'teacher', s))
+  if not sources:
+    return None
+  last = max(int(series[k][0][-1]) for k in series if k.startswith('train/pl/'))
+  rows = []
+  for window, since in (('whole run', 0), ('last quarter', int(0.75 * last) + 1)):
+    for src in sources:
+      pooled = pooled_pl(series, src, since)
+      rows.append([window, plots.branch_label(src), pooled['intervals']] +
+                  [pooled[m] for m in PL_METRICS])
+  return ('<p>Pooled over the logging intervals (accuracy weighted by the accepted share; '
+          'precision an interval mean):</p>' +
+          _table(['window', 'source', 'intervals'] + list(PL_METRICS), rows))
 
 
 def _page(*, workdir, config, final, last_eval, branches, sections, versions,
@@ -430,7 +479,8 @@ def write_report(workdir: str) -> str:
   items = []
   for name, title, caption, panels in plots.training_figures(series):
     plots.curves(panels, os.path.join(out, name), title)
-    items.append((name, caption, None))
+    items.append((name, caption, _pooled_pl_table(series) if name == 'pseudo_labels.png'
+                  else None))
   if items:
     sections.append(('Training', items))
   panels = plots.eval_panels(series, branches, 'macro_map' if multilabel else 'top1')

@@ -21,7 +21,7 @@ MAP_MAX_POINTS = 1000  # Beyond this, overlapping markers hide each other: hex c
 # One colour per model branch (and per pseudo-label source) in every figure.
 COLORS = {'student': 'C0', 'image_only': 'C0', 'plain': 'C2', 'teacher': 'C1'}
 _BRANCH_LABELS = {'image_only': 'image-only model', 'student': 'student (image only)',
-                  'teacher': 'teacher (image + metadata)', 'plain': 'model'}
+                  'teacher': 'teacher (image + metadata)', 'plain': 'model (image only)'}
 
 
 def branch_label(name: str) -> str:
@@ -375,13 +375,18 @@ def _pseudo_label_panels(series, train) -> tuple[list[dict], set[str]]:
                    'ylabel': 'fraction', 'unit_range': True,
                    'lines': [_line(series, k, k[6:].replace('_', ' ')) for k in masks]})
   order = list(_PL_TITLES)
+  stssl = any(k.split('/')[2] == 'teacher' for ks in by_metric.values() for k in ks)
+  # With a teacher, 'image_only' is the student's own proposal, which trains nothing.
+  labels = ({'teacher': 'teacher, image + metadata (trained on)',
+             'image_only': 'student, image only (not used)'} if stssl else
+            {'image_only': 'image-only model (trained on)'})
   for metric in sorted(by_metric, key=lambda m: order.index(m) if m in order else len(order)):
     keys = by_metric[metric]
     sources = [k.split('/')[2] for k in keys]
     panels.append({'title': 'pseudo-label ' + _PL_TITLES.get(metric, metric),
                    'ylabel': metric.replace('_', ' '), 'unit_range': True,
-                   'lines': [_line(series, k, branch_label(src), COLORS.get(src))
-                             for k, src in zip(keys, sources)]})
+                   'lines': [_line(series, k, labels.get(src, branch_label(src)),
+                                   COLORS.get(src)) for k, src in zip(keys, sources)]})
   used = set(masks) | {k for ks in by_metric.values() for k in ks}
   return panels, used | {k for k in train if k.startswith('train/pl_class/')}
 
