@@ -270,7 +270,8 @@ def _pooled_pl_table(series: dict) -> Optional[str]:
   for window, since in (('whole run', 0), ('last quarter', int(0.75 * last) + 1)):
     for src in sources:
       pooled = pooled_pl(series, src, since)
-      rows.append([window, plots.branch_label(src), pooled['intervals']] +
+      rows.append([window, plots.pl_source_label(src, 'teacher' in sources),
+                   pooled['intervals']] +
                   [pooled[m] for m in PL_METRICS])
   return ('<p>Pooled over the logging intervals (accuracy weighted by the accepted share; '
           'precision an interval mean):</p>' +
@@ -368,13 +369,12 @@ def _prediction_items(preds: dict, heldout: dict, multilabel: bool, threshold: f
   def step_of(arrays):
     return int(arrays.get('step', -1))
 
-  points = {b: point(a, f'{plots.branch_label(b)}, {a.get("split", "eval")} split (step '
-                        f'{step_of(a)})') for b, a in preds.items()}
+  points = {b: point(a, f'{plots.branch_label(b)}, {a.get("split", "eval")} split, step '
+                        f'{step_of(a)}') for b, a in preds.items()}
   for split, by_branch in heldout.items():
     for b, a in by_branch.items():
-      points[f'{b}@{split}'] = point(a, f'{plots.branch_label(b)}, {split} '
-                                        f'({regions.get(split, "out of region")}, step '
-                                        f'{step_of(a)})')
+      points[f'{b}@{split}'] = point(a, f'{plots.branch_label(b)}, {split} split, step '
+                                        f'{step_of(a)}\n{regions.get(split, "out of region")}')
   plots.sample_map(points, os.path.join(out, 'map.png'),
                    'Samples by location, coloured by correct or wrong',
                    ncols=max(len(preds), min(len(points), 2)))

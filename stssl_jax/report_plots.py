@@ -29,6 +29,15 @@ def branch_label(name: str) -> str:
   return _BRANCH_LABELS.get(name, name.replace('_', ' '))
 
 
+def pl_source_label(source: str, stssl: bool) -> str:
+  """Legend text of a pseudo-label source. With a teacher (STSSL), 'image_only' is the
+  student's own proposal, which trains nothing; without one it is what the model trains on."""
+  labels = ({'teacher': 'teacher, image + metadata (trained on)',
+             'image_only': 'student, image only (not used)'} if stssl else
+            {'image_only': 'image-only model (trained on)'})
+  return labels.get(source, branch_label(source))
+
+
 def short_name(name: str, width: int = 34, lines: int = 2) -> str:
   """A class name wrapped to `lines` lines of `width` characters, cut with '...' if longer.
 
@@ -249,15 +258,20 @@ def group_bars(groups: Sequence[str], values: Mapping[str, np.ndarray], counts: 
     path.
   """
   branches = list(values)
-  fig = _new((max(6.0, 0.75 * len(groups) * max(1, len(branches)) + 2.0), 4.6))
+  n_bars = len(groups) * max(1, len(branches))
+  per_bar = min(0.75, 14.0 / n_bars)  # Inches; at most 16 inches in all (23 EuroSAT countries).
+  fig = _new((max(6.0, per_bar * n_bars + 2.0), 4.6))
   ax = fig.subplots()
   width = 0.8 / len(branches)
   x = np.arange(len(groups))
+  narrow = per_bar < 0.35
   for i, branch in enumerate(branches):
     bars = ax.bar(x - 0.4 + width * (i + 0.5), values[branch], width=width,
                   color=COLORS.get(branch), label=branch_label(branch))
-    ax.bar_label(bars, fmt='%.2f', fontsize=7.5, padding=1.5)
-  ax.set_xticks(x, labels=[f'{g}\n(n={n})' for g, n in zip(groups, counts)], fontsize=8.5)
+    ax.bar_label(bars, fmt='%.2f', fontsize=6.5 if narrow else 7.5, padding=1.5,
+                 rotation=90 if narrow else 0)
+  ax.set_xticks(x, labels=[f'{g}\n(n={n})'.replace(' (', '\n(') for g, n in zip(groups, counts)],
+                fontsize=7.5 if narrow else 8.5)
   ax.set_ylim(0, 1.08)
   ax.set_ylabel(ylabel)
   ax.grid(axis='y', alpha=0.3)
@@ -265,8 +279,6 @@ def group_bars(groups: Sequence[str], values: Mapping[str, np.ndarray], counts: 
   ax.set_title(title, fontsize=11)
   return _save(fig, path)
 
-
-# ----- Which curves go in which figure (names follow train.py's metrics.jsonl keys). -----
 
 def model_bars(rows: Sequence[dict], key: str, path: str, title: str) -> str:
   """Grouped bars of rows[key], each labelled with its value: one group per 'model', one bar
@@ -301,6 +313,8 @@ def model_bars(rows: Sequence[dict], key: str, path: str, title: str) -> str:
   ax.legend(title='split', fontsize=8, loc='best')
   return _save(fig, path)
 
+
+# ----- Which curves go in which figure (names follow train.py's metrics.jsonl keys). -----
 
 PRETTY = {'top1': 'top-1 accuracy', 'balanced_acc': 'balanced accuracy',
           'macro_precision': 'macro precision', 'macro_recall': 'macro recall',
@@ -376,17 +390,13 @@ def _pseudo_label_panels(series, train) -> tuple[list[dict], set[str]]:
                    'lines': [_line(series, k, k[6:].replace('_', ' ')) for k in masks]})
   order = list(_PL_TITLES)
   stssl = any(k.split('/')[2] == 'teacher' for ks in by_metric.values() for k in ks)
-  # With a teacher, 'image_only' is the student's own proposal, which trains nothing.
-  labels = ({'teacher': 'teacher, image + metadata (trained on)',
-             'image_only': 'student, image only (not used)'} if stssl else
-            {'image_only': 'image-only model (trained on)'})
   for metric in sorted(by_metric, key=lambda m: order.index(m) if m in order else len(order)):
     keys = by_metric[metric]
     sources = [k.split('/')[2] for k in keys]
     panels.append({'title': 'pseudo-label ' + _PL_TITLES.get(metric, metric),
                    'ylabel': metric.replace('_', ' '), 'unit_range': True,
-                   'lines': [_line(series, k, labels.get(src, branch_label(src)),
-                                   COLORS.get(src)) for k, src in zip(keys, sources)]})
+                   'lines': [_line(series, k, pl_source_label(src, stssl), COLORS.get(src))
+                             for k, src in zip(keys, sources)]})
   used = set(masks) | {k for ks in by_metric.values() for k in ks}
   return panels, used | {k for k in train if k.startswith('train/pl_class/')}
 
@@ -409,7 +419,7 @@ def training_figures(series: Series) -> list[tuple[str, str, str, list[dict]]]:
                     'Quality is measured against the true labels of the unlabeled samples, '
                     'which training uses for nothing else, pooled over each logging interval '
                     '(gaps: nothing accepted). For STSSL the teacher line is the pseudo-labels '
-                    'the step used; the image-only line is what the student alone would have '
+                    'the step used; the student line is what the student alone would have '
                     'proposed on the same weak views under the same rule. Multi-label values '
                     'are macro means over classes.', panels))
   optim = [k for k in _OPTIM if k in series]
