@@ -88,3 +88,17 @@ def test_eval_shift_in_and_out_of_a_held_out_region(tmp_path):
     assert img.size[1] > 0.7 * img.size[0]  # 2 x 2 panels: student and teacher, in and out.
   assert (run / 'report' / 'by_country.png').stat().st_size > 10_000
   assert '(heldout)</td>' in page and 'reverse-geocoded offline' in page
+
+
+def test_region_names_from_either_dataset_info():
+  eurosat_info = {'splits': {'train': 5, 'test': 2, 'heldout': 1},
+                  'prep': {'holdout_countries': ['ES', 'PT'], 'holdout_box': ''}}
+  assert shift_eval.region_names(eurosat_info) == {
+      'train': 'in region', 'test': 'in region', 'heldout': 'out of region: ES, PT'}
+  ben_info = {'splits': {'validation': 3, 'heldout': 2},
+              'holdout': {'settings': {'countries': ['Finland'], 'seasons': ['Winter'],
+                                       'match': 'all'}}}
+  assert shift_eval.region_names(ben_info)['heldout'] == 'out of region: Finland and Winter'
+  ben_info['holdout']['settings']['match'] = 'any'
+  assert shift_eval.region_names(ben_info)['heldout'] == 'out of region: Finland; Winter'
+  assert shift_eval.region_names({'splits': {'heldout': 1}})['heldout'] == 'out of region'
