@@ -20,7 +20,7 @@ import csv
 import os
 import sys
 
-from stssl_jax import report, report_plots
+from stssl_jax import atomic, report, report_plots
 
 PL_METRICS = report.PL_METRICS
 
@@ -70,12 +70,7 @@ def compare(runs: dict[str, str], out_dir: str) -> dict:
 def _write(pl_rows, eval_rows, out_dir):
   os.makedirs(out_dir, exist_ok=True)
   for rows, name in ((pl_rows, 'compare_pl.csv'), (eval_rows, 'compare_eval.csv')):
-    tmp = os.path.join(out_dir, f'.{name}.tmp')
-    with open(tmp, 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, name))
+    atomic.write_csv(os.path.join(out_dir, name), rows)
   metrics = [k for k in eval_rows[0] if k not in ('run', 'model', 'split', 'region')]
   lines = ['# Run comparison', '',
            '## Pseudo-label quality during training', '',
@@ -93,10 +88,7 @@ def _write(pl_rows, eval_rows, out_dir):
             '|---|---|---|---|' + '---|' * len(metrics)]
   lines += [f'| {r["run"]} | {r["model"]} | {r["split"]} | {r["region"]} | ' +
             ' | '.join(f'{r[m]:.4f}' for m in metrics) + ' |' for r in eval_rows]
-  tmp = os.path.join(out_dir, '.compare.md.tmp')
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(tmp, os.path.join(out_dir, 'compare.md'))
+  atomic.write_text(os.path.join(out_dir, 'compare.md'), '\n'.join(lines) + '\n')
   # The chart keeps the deployable image-only models and the teacher with its true metadata;
   # the removed/shifted-metadata rows stay in compare.md (16 groups of bars read badly).
   chart = [{'split': f'{r["split"]} ({r["region"]})', 'model': f'{r["run"]}: {r["model"]}',

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from stssl_jax import atomic
 from stssl_jax import metrics_multilabel as metrics_ml
 from stssl_jax import report_plots as plots
 
@@ -512,10 +513,7 @@ def write_report(workdir: str) -> str:
                last_eval=last, branches=branches, sections=sections, versions=versions,
                versions_recorded=recorded,
                rendered=datetime.datetime.now().isoformat(timespec='seconds'))
-  path = os.path.join(out, 'index.html')
-  with open(path, 'w') as f:
-    f.write(page)
-  return path
+  return atomic.write_text(os.path.join(out, 'index.html'), page)
 
 
 def main(argv: list[str]) -> int:

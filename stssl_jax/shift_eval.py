@@ -16,7 +16,6 @@ raw lat/lon/date had been changed before encoding (METHOD 1.1).
 """
 
 import ast
-import csv
 import os
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from stssl_jax import algorithms, checkpoint, metadata, report_plots, train
+from stssl_jax import algorithms, atomic, checkpoint, metadata, report_plots, train
 from stssl_jax.data import pipeline
 from stssl_jax.models import stssl as models
 
@@ -145,22 +144,14 @@ def region_names(info: dict) -> dict[str, str]:
 
 def _write(rows, key, second, out_dir, source, regions=None):
   os.makedirs(out_dir, exist_ok=True)
-  tmp = os.path.join(out_dir, '.shift_eval.csv.tmp')
-  with open(tmp, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-  os.replace(tmp, os.path.join(out_dir, 'shift_eval.csv'))
+  atomic.write_csv(os.path.join(out_dir, 'shift_eval.csv'), rows)
   regions = regions or {}
   where = lambda s: regions.get(s, 'out of region' if s.startswith('heldout') else 'in region')
   lines = [f'Metadata-shift evaluation ({source}); metrics: {key}, {second}.', '',
            f'| split | region | model | {key} | {second} | loss |', '|---|---|---|---|---|---|']
   lines += [f'| {r["split"]} | {where(r["split"])} | {r["model"]} | {r[key]:.4f} | '
             f'{r[second]:.4f} | {r["loss"]:.4f} |' for r in rows]
-  tmp = os.path.join(out_dir, '.shift_eval.md.tmp')
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(tmp, os.path.join(out_dir, 'shift_eval.md'))
+  atomic.write_text(os.path.join(out_dir, 'shift_eval.md'), '\n'.join(lines) + '\n')
   title = ('EMA student vs EMA teacher under metadata shifts'
            if len({r['model'] for r in rows}) > 1 else 'EMA model in and out of the held-out region')
   many = len({r['split'] for r in rows}) > 1
