@@ -6,7 +6,10 @@ Multi-host: pass --jax_distributed (TPU pods and SLURM/Open MPI clusters are det
 jax.distributed.initialize), or --coordinator_address/--num_processes/--process_id.
 """
 
+import importlib.util
+import json
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,12 +24,44 @@ _DIST = flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initia
 _COORD = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PID = flags.DEFINE_integer('process_id', None, 'This process index.')
+_ALLOW = flags.DEFINE_bool('allow_config_change', False,
+                           'Resume a workdir although config fields outside the resumable ones '
+                           '(workdir.RESUMABLE_CHANGES) differ from its config.json; the change '
+                           'is recorded in WORKDIR/config_history.jsonl.')
 flags.mark_flags_as_required(['workdir'])
 
 
 def _quiet_orbax(record) -> bool:
   """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
   return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
+def _load_config_tree(spec: str) -> dict:
+  """The config that --config=PATH[:ARG] names, as plain JSON values (no overrides)."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_stssl_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  return json.loads(config.to_json_best_effort())
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with one-line errors for unknown or badly typed config fields."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  if spec and any(a.startswith('--config.') for a in argv):
+    try:
+      tree = _load_config_tree(spec)
+    except Exception as e:  # pylint: disable=broad-except
+      sys.exit(f'error: --config={spec}: {type(e).__name__}: {e}')
+    from stssl_jax import config_util  # pylint: disable=g-import-not-at-top
+    problems = config_util.unknown_overrides(argv, tree)
+    if problems:
+      sys.exit('error: ' + '; '.join(problems))
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
 
 
 def main(argv):
@@ -50,7 +85,11 @@ def main(argv):
   from stssl_jax import train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                      allow_config_change=_ALLOW.value)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:  # Named, one line.
+    sys.exit(f'error: {e}')
   if jax.process_index() == 0:
     print('Final evaluation (EMA weights, eval split):')
     for k in sorted(result):
@@ -58,4 +97,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -72,7 +72,7 @@ def _load_params(config, workdir, model, algo):
   x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
   args = (x, jnp.zeros((1, 4), jnp.float32)) if algo.uses_meta else (x,)
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args)['params'])
-  ckpt = checkpoint.Checkpointer(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     if ckpt.best.latest_step() is not None:
       params, progress = ckpt.restore_best(abstract)

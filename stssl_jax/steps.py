@@ -185,6 +185,11 @@ def loss_and_grads(state: TrainState, batch, *, model, algo, config):
   return grads, algo_state, metrics
 
 
+def _all_finite(tree) -> jax.Array:
+  """bool scalar: every element of every leaf is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
 def train_step(state: TrainState, batch, *, model, algo, config, tx):
   """One optimizer update: forwards, losses, AdamW, EMA and the algorithm-state update.
 
@@ -204,8 +209,12 @@ def train_step(state: TrainState, batch, *, model, algo, config, tx):
   params = optax.apply_updates(state.params, updates)
   ema = optax.incremental_update(params, state.ema_params, step_size=1.0 - config.ema_momentum)
   metrics['grad_norm'] = optax.tree.norm(grads)
+  finite = jnp.isfinite(metrics['loss']) & _all_finite(params)
+  first_bad = jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1,
+                        state.first_nonfinite)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                            opt_state=opt_state, algo_state=algo_state)
+                            opt_state=opt_state, algo_state=algo_state,
+                            first_nonfinite=first_bad)
   return new_state, metrics
 
 

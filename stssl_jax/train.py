@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from stssl_jax import algorithms, checkpoint, metrics as metrics_lib, optim, pl_quality, steps
+from stssl_jax import algorithms, atomic, checkpoint, faults, metrics as metrics_lib, optim
+from stssl_jax import pl_quality, steps, workdir as workdir_lib
 from stssl_jax import metrics_multilabel as metrics_ml
 from stssl_jax.data import pipeline
 from stssl_jax.models import convert, posemb, stssl as models
@@ -32,6 +33,25 @@ def _global_batch(local: dict, sharding) -> dict:
   """Assembles per-process numpy batches into one global array per key."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}
+
+
+# Sizes that must be positive: (config field, description).
+_POSITIVE = (('batch_size', 'labeled batch'), ('uratio', 'unlabeled / labeled ratio'),
+             ('eval_batch_size', 'eval batch'), ('num_steps', 'total steps'),
+             ('log_every', 'steps between logs'), ('eval_every', 'steps between evaluations'),
+             ('checkpoint_every', 'steps between checkpoints'),
+             ('keep_checkpoints', 'checkpoints kept'), ('data.image_size', 'image side'),
+             ('data.num_channels', 'bands'), ('patience', 'early-stopping patience'))
+
+
+def check_sizes(config):
+  """Rejects sizes that cannot work, before anything is read or any folder is made."""
+  for field, what in _POSITIVE:
+    node = config
+    for part in field.split('.'):
+      node = node[part]
+    if not isinstance(node, int) or isinstance(node, bool) or node < 1:
+      raise ValueError(f'config.{field}={node!r}: the {what} must be an integer >= 1')
 
 
 def _check_config(config, info, n_dev):
@@ -149,19 +169,38 @@ def _scalars(prefix, summary):
   return {f'{prefix}/{k}': float(v) for k, v in summary.items() if np.ndim(v) == 0}
 
 
-def train_and_evaluate(config, workdir: str, return_state: bool = False):
+def train_and_evaluate(config, workdir: str, return_state: bool = False,
+                       allow_config_change: bool = False):
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+  A finished workdir (final_metrics.json for at least `config.num_steps`) is not touched: its
+  final metrics are returned. A workdir started with another config stops with the changed
+  fields listed, unless they are all in `workdir.RESUMABLE_CHANGES` or `allow_config_change`.
 
   Returns:
     dict with the final evaluation metrics ('student/top1', 'teacher/top1', ...), the best
     metric and its step; with `return_state`, also the final TrainState.
+  Raises:
+    FloatingPointError: the loss or params became non-finite; names the first such step and
+      the newest (finite) checkpoint.
+    workdir.ConfigChanged, checkpoint.RestoreMismatch, ValueError: bad config or workdir.
   """
-  os.makedirs(workdir, exist_ok=True)
+  check_sizes(config)
   mesh = make_mesh()
   repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   algo = algorithms.get(config.algorithm)
   info = pipeline.dataset_info(config)
   _check_config(config, info, mesh.size)
+  is_main = jax.process_index() == 0
+  done_before = workdir_lib.finished(workdir, config)
+  if done_before is not None and not return_state:
+    workdir_lib.guard_config(workdir, config, int(done_before['step']), allow_config_change,
+                             write=False)
+    logging.info('%s is finished (step %d); nothing to do', workdir, done_before['step'])
+    return done_before
+  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.guard_config(workdir, config, _committed_step(workdir) or 0, allow_config_change,
+                           write=is_main)
   model = models.build_model(config)
   state, tx, schedule = create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh,
                                      _lb_prevalence(config, info))
@@ -171,7 +210,13 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
 
   if ckpt.latest_step() is not None:
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    state, progress = ckpt.restore(checkpoint.abstract_like(state, shardings), train_iter)
+    try:
+      state, progress = ckpt.restore(checkpoint.abstract_like(state, shardings), train_iter)
+    except checkpoint.RestoreMismatch as e:
+      ckpt.close()
+      raise checkpoint.RestoreMismatch(
+          f'cannot resume {workdir}: {e}. {workdir_lib.shape_fields(workdir, config)}. Use the '
+          'settings the checkpoint was written with, or a new --workdir') from None
     logging.info('Resumed from %s at step %d', workdir, int(state.step))
   elif config.model.init_from:
     state = _init_from(state, config.model.init_from)
@@ -180,75 +225,113 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False):
   state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
   train_step = jax.jit(step_fn, in_shardings=(state_sh, data_sh),
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
-
   eval_fn = make_eval_fn(model, algo, config, repl)
   image_branch = algo.eval_branch
 
-  is_main = jax.process_index() == 0
+  old_events = workdir_lib.event_files(workdir)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  if is_main and int(state.step) == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
+  if is_main:
+    workdir_lib.reset_logs(workdir, int(state.step), writer, old_events)
+  # No writer: its steps_per_sec/uptime rows are not in metrics.jsonl and would repeat after a
+  # resume; our own steps_per_sec is logged instead.
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_steps)
+
+  def halt_if_nonfinite():
+    bad = int(state.first_nonfinite)  # One host sync, at points that sync anyway.
+    if bad >= 0:
+      ckpt.wait()  # The newest finite checkpoint is complete before it is named.
+      last = ckpt.latest_step()
+      where = (f'step {last} in {os.path.join(workdir, "checkpoints")}' if last is not None
+               else 'none (it diverged before the first save)')
+      raise FloatingPointError(
+          f'training diverged: the loss or params were first non-finite after step {bad}; '
+          f'nothing non-finite was saved; newest finite checkpoint: {where}. A resume replays '
+          'the same steps: change the run (e.g. a lower --config.lr with '
+          '--allow_config_change) to get past it')
+
+  def run_eval(done):
+    halt_if_nonfinite()
+    faults.point('eval', done)
+    with report.timed('eval'):
+      out = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh, workdir, done)
+    _log(writer, workdir, done, out)
+    key = f'{image_branch}/' + ('macro_map' if config.multilabel else 'top1')
+    if out[key] > progress['best_metric']:
+      progress.update(best_metric=out[key], best_step=done)
+      if ckpt.save_best(done, state.ema_params, dict(progress)):
+        faults.point('after_best_save', done)
+    return out
 
   start = int(state.step)
-  step, pending, t_log, final = start, [], time.time(), {}
-  for step in range(start, config.num_steps):
-    if progress['stopped_early']:
-      break
-    batch = _global_batch(next(train_iter), data_sh)
-    state, m = train_step(state, batch)
-    pending.append(m)
-    done = step + 1
-    report(done)
+  pending, t_log, final = [], time.time(), {}
+  try:
+    for step in range(start, config.num_steps):
+      if progress['stopped_early']:
+        break
+      local = next(train_iter)
+      if faults.point('batch', step + 1) == 'nan':
+        local = dict(local, lb_image=np.full_like(local['lb_image'], np.nan))
+      state, m = train_step(state, _global_batch(local, data_sh))
+      pending.append(m)
+      done = step + 1
+      report(done)
 
-    if done % config.log_every == 0 or done == config.num_steps:
-      # The only host sync of the loop outside evaluation.
-      avg = interval_mean(pending)
-      pending = []
-      if not np.isfinite(avg['loss']):
-        raise FloatingPointError(f'loss is {avg["loss"]} at step {done}; last finite '
-                                 f'checkpoint: step {ckpt.latest_step()}')
-      avg = {f'train/{k}': float(v) for k, v in pl_quality.summarize(avg).items()}
-      avg['train/lr'] = float(schedule(done - 1))
-      elapsed = time.time() - t_log
-      avg['train/steps_per_sec'] = config.log_every / max(elapsed, 1e-9)
-      t_log = time.time()
-      _log(writer, workdir, done, avg)
-      eta = (config.num_steps - done) / max(avg['train/steps_per_sec'], 1e-9)
-      logging.info('step %d/%d loss %.4f (%.2f steps/s, ETA %s)', done, config.num_steps,
-                   avg['train/loss'], avg['train/steps_per_sec'], _fmt_eta(eta))
+      if done % config.log_every == 0 or done == config.num_steps:
+        # The only host sync of the loop outside evaluation and saving.
+        avg = interval_mean(pending)
+        pending = []
+        halt_if_nonfinite()
+        avg = {f'train/{k}': float(v) for k, v in pl_quality.summarize(avg).items()}
+        avg['train/lr'] = float(schedule(done - 1))
+        elapsed = time.time() - t_log
+        avg['train/steps_per_sec'] = config.log_every / max(elapsed, 1e-9)
+        t_log = time.time()
+        _log(writer, workdir, done, avg)
+        eta = (config.num_steps - done) / max(avg['train/steps_per_sec'], 1e-9)
+        logging.info('step %d/%d loss %.4f (%.2f steps/s, ETA %s)', done, config.num_steps,
+                     avg['train/loss'], avg['train/steps_per_sec'], _fmt_eta(eta))
 
-    if done % config.eval_every == 0 or done == config.num_steps:
-      with report.timed('eval'):
-        final = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh, workdir,
-                              done)
-      _log(writer, workdir, done, final)
-      key = f'{image_branch}/' + ('macro_map' if config.multilabel else 'top1')
-      if final[key] > progress['best_metric']:
-        progress.update(best_metric=final[key], best_step=done)
-        ckpt.save_best(done, state.ema_params, dict(progress))
-      if done - progress['best_step'] >= config.patience:
-        progress['stopped_early'] = True
-        logging.info('Early stop at step %d (best %.4f at %d)', done, progress['best_metric'],
-                     progress['best_step'])
+      if done % config.eval_every == 0 or done == config.num_steps:
+        final = run_eval(done)
+        if done - progress['best_step'] >= config.patience:
+          progress['stopped_early'] = True
+          logging.info('Early stop at step %d (best %.4f at %d)', done,
+                       progress['best_metric'], progress['best_step'])
 
-    last = done == config.num_steps or progress['stopped_early']
-    stop_now = config.max_steps_this_run > 0 and done - start >= config.max_steps_this_run
-    if done % config.checkpoint_every == 0 or last or stop_now:
-      ckpt.save(done, state, train_iter, dict(progress), force=True)
-    if stop_now:
-      break
-  ckpt.wait()
+      last = done == config.num_steps or progress['stopped_early']
+      stop_now = config.max_steps_this_run > 0 and done - start >= config.max_steps_this_run
+      if done % config.checkpoint_every == 0 or last or stop_now:
+        halt_if_nonfinite()
+        ckpt.save(done, state, train_iter, dict(progress))
+        faults.point('after_save', done)
+      if stop_now:
+        break
+    if not final and (int(state.step) >= config.num_steps or progress['stopped_early']):
+      # Finished by an earlier process that was stopped before writing final_metrics.json:
+      # the restored state evaluates to the numbers that process would have written.
+      final = run_eval(int(state.step))
+    ckpt.wait()
+  except BaseException:
+    # Let the in-flight saves finish (or remove their temporaries) before the error leaves.
+    save_error = ckpt.finish_or_clean()
+    if save_error is not None:
+      logging.error('A checkpoint save failed as well: %s', save_error)
+    raise
   ckpt.close()
   writer.flush()
   final = dict(final)
   final.update(best_metric=progress['best_metric'], best_step=progress['best_step'],
-               step=int(state.step))
-  if is_main:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(final, f, indent=2)
+               step=int(state.step), stopped_early=bool(progress['stopped_early']))
+  if is_main and (final['step'] >= config.num_steps or final['stopped_early']):
+    atomic.write_text(os.path.join(workdir, 'final_metrics.json'), json.dumps(final, indent=2))
   return (final, state) if return_state else final
+
+
+def _committed_step(workdir: str):
+  """Newest finished step folder under WORKDIR/checkpoints (orbax renames on commit)."""
+  d = os.path.join(workdir, 'checkpoints')
+  steps_ = [int(n) for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
+  return max(steps_) if steps_ else None
 
 
 def _init_from(state, path):
@@ -289,8 +372,8 @@ def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding, workdir,
       save_predictions(os.path.join(workdir, 'eval', f'predictions_{branch}.npz'), step=step,
                     split=split, **arrays)
   if main:
-    _atomic_json(os.path.join(workdir, 'eval', f'step_{step}.json'),
-                 {'step': step, 'split': split, **full})
+    atomic.write_text(os.path.join(workdir, 'eval', f'step_{step}.json'),
+                      json.dumps({'step': step, 'split': split, **full}))
   return out
 
 
@@ -305,15 +388,7 @@ def _log(writer, workdir, step, scalars):
   """TensorBoard scalars, mirrored to WORKDIR/metrics.jsonl (read by the run report)."""
   writer.write_scalars(step, scalars)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
-      f.write(json.dumps({'step': step, **scalars}) + '\n')
-
-
-def _atomic_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
+    workdir_lib.append_metrics(workdir, step, scalars)
 
 
 def save_predictions(path, **arrays):
