@@ -346,8 +346,8 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
   if common.check_existing(out, name, prep, overwrite):
     return {'status': 'already prepared', 'path': str(records.dataset_dir(out, name)),
             'splits': records.load_info(out, name)['splits'], 'skipped': []}
-  if (pathlib.Path(out) / name).exists() and not overwrite:
-    raise common.PrepError(f'{pathlib.Path(out) / name} exists but is not a complete schema-'
+  if records.dataset_root(out, name).exists() and not overwrite:
+    raise common.PrepError(f'{records.dataset_root(out, name)} exists but is not a complete schema-'
                            f'{records.SCHEMA_VERSION} dataset; pass --overwrite to replace it')
 
   def item(n):

@@ -149,6 +149,12 @@ def check_existing(out: str | pathlib.Path, name: str, prep: Mapping[str, Any],
             for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)}
     raise PrepError(f'{records.dataset_dir(out, name)} was prepared with different settings '
                     f'({diff}); pass --overwrite to rebuild it')
+  # Same settings: only an intact dataset counts as prepared (sizes and SHA-256 of every
+  # shard against those recorded when it was written).
+  problems = records.verify(out, name)
+  if problems:
+    raise PrepError(f'{records.dataset_dir(out, name)} is damaged: {"; ".join(problems)}; pass '
+                    '--overwrite to rebuild it')
   return True
 
 

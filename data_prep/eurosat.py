@@ -284,8 +284,8 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
   if common.check_existing(out, name, prep, overwrite):
     return {'status': 'already prepared', 'path': str(records.dataset_dir(out, name)),
             'splits': records.load_info(out, name)['splits'], 'skipped': []}
-  if (pathlib.Path(out) / name).exists() and not overwrite:
-    raise common.PrepError(f'{pathlib.Path(out) / name} exists but is not a complete schema-'
+  if records.dataset_root(out, name).exists() and not overwrite:
+    raise common.PrepError(f'{records.dataset_root(out, name)} exists but is not a complete schema-'
                            f'{records.SCHEMA_VERSION} dataset; pass --overwrite to replace it')
 
   table = read_coords(coords) if fmt == 'rgb' else {}

@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 from array_record.python import array_record_data_source
@@ -111,7 +110,7 @@ def _run_task(args) -> tuple[Task, int]:
         side.setdefault(key[1:], []).append(example.pop(key))
       example['index'] = task.start + len(names)
       rec = records.encode(example, schema)
-      writer.write(features.serialize_example(rec))
+      writer.write(records.serialize(features, rec))
       names.append(rec['filename'])
       labels.append(np.flatnonzero(rec['label']).tolist() if schema.multilabel
                     else rec['label'])
@@ -231,7 +230,7 @@ def _reindex(src: pathlib.Path, dst: pathlib.Path, shift: int, features) -> None
     for i in range(len(source)):
       example = dict(features.deserialize_example_np(source[i]))
       example['index'] -= shift
-      writer.write(features.serialize_example(example))
+      writer.write(records.serialize(features, example))
   finally:
     writer.close()
 
@@ -261,16 +260,16 @@ def assemble(out: str | os.PathLike, name: str, schema: records.Schema,
     if not s.names:
       raise common.PrepError(f'split {split!r} has no usable record')
   root = pathlib.Path(out)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=root))
+  tmp = records.make_temp_dir(root, name)
   try:
-    ds_dir = tmp / name / records.VERSION
+    ds_dir = tmp / records.tfds_name(name) / records.VERSION
     ds_dir.mkdir(parents=True)
     features = schema.features()
     split_infos = []
     for split, s in summaries.items():
       position, lengths = 0, []
       for k, (path, n, start) in enumerate(s.shards):
-        dst = ds_dir / _shard_name(name, split, k, len(s.shards))
+        dst = ds_dir / _shard_name(records.tfds_name(name), split, k, len(s.shards))
         if start == position:
           try:
             os.link(path, dst)  # Same file system (the work dir is under `out`): no copy.
@@ -283,19 +282,21 @@ def assemble(out: str | os.PathLike, name: str, schema: records.Schema,
       split_infos.append((split, lengths))
     n_train = len(summaries['train'].shards)
     source = array_record_data_source.ArrayRecordDataSource(
-        [os.fspath(ds_dir / _shard_name(name, 'train', k, n_train)) for k in range(n_train)])
+        [os.fspath(ds_dir / _shard_name(records.tfds_name(name), 'train', k, n_train))
+         for k in range(n_train)])
     for split, indices in labeled.items():
       chunks = [list(indices[i:i + shard_size]) for i in range(0, len(indices), shard_size)]
       for k, chunk in enumerate(tqdm.tqdm(chunks, desc=f'Writing {split}', unit='shard')):
         writer = array_record_module.ArrayRecordWriter(
-            os.fspath(ds_dir / _shard_name(name, split, k, len(chunks))), _WRITER_OPTIONS)
+            os.fspath(ds_dir / _shard_name(records.tfds_name(name), split, k, len(chunks))),
+            _WRITER_OPTIONS)
         for raw in source.__getitems__(chunk):
           writer.write(raw)
         writer.close()
       split_infos.append((split, [len(c) for c in chunks]))
     infos = []
     for split, lengths in split_infos:
-      files = sorted(ds_dir.glob(f'{name}-{split}.array_record-*'))
+      files = sorted(ds_dir.glob(f'{records.tfds_name(name)}-{split}.array_record-*'))
       infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths,
                                        num_bytes=sum(f.stat().st_size for f in files)))
     tfds.folder_dataset.write_metadata(data_dir=ds_dir, features=features, split_infos=infos,
@@ -307,9 +308,10 @@ def assemble(out: str | os.PathLike, name: str, schema: records.Schema,
     info = dict(metadata)
     info.update(records.schema_metadata(schema, metadata.get('class_counts', {}), band_mean,
                                         band_std, stats_split))
+    info['files'] = records.file_digests(ds_dir)
     with open(ds_dir / 'metadata.json', 'w') as f:
       json.dump(info, f, indent=1)
-    records.install(tmp / name, root, name)
+    records.install(tmp / records.tfds_name(name), root, name)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return records.dataset_dir(root, name)

@@ -214,7 +214,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, capsys, mo
   assert bigearthnet.main(args) == 0
   assert [(t.split, t.shard) for t in built] == [('train', 2), ('train', 3), ('val', 0),
                                                  ('val', 1), ('test', 0), ('test', 1)]
-  assert not work.exists() and [p.name for p in (tmp_path / 'out').iterdir()] == ['bigearthnet']
+  assert not work.exists() and [p.name for p in (tmp_path / 'out').iterdir()] == ['stssl_bigearthnet']
   assert records.load_info(tmp_path / 'out', 'bigearthnet')['splits']['train'] == 7
 
 

@@ -189,7 +189,7 @@ def test_corrupt_jpeg_and_missing_coordinates(tmp_path, capsys):
   assert eurosat.main(args) == 1
   err = capsys.readouterr().err
   assert str(bad_jpeg) in err and 'unreadable image' in err and '--skip_bad' in err
-  assert not (tmp_path / 'out' / 'eurosat').exists()
+  assert not (tmp_path / 'out' / 'stssl_eurosat').exists()
 
   rows = (tmp_path / 'coords.csv').read_text().splitlines()
   (tmp_path / 'coords.csv').write_text('\n'.join(r for r in rows if 'Forest_15.jpg' not in r))
@@ -292,7 +292,7 @@ def test_ms_geotiffs_centre_lat_lon(tmp_path):
     _, lat64, lon64 = eurosat.read_ms(path)  # Exact centre: a half-pixel slip is ~5e-5 deg.
     assert abs(lat64 - lat) < 1e-8 and abs(lon64 - 9.0) < 1e-8
   result = eurosat.prepare(str(tmp_path), str(tmp_path / 'out'), num_labels=(2, 4))
-  assert result['path'].endswith('eurosat_ms/1.0.0')
+  assert result['path'].endswith('stssl_eurosat_ms/1.0.0')
   info = records.load_info(tmp_path / 'out', 'eurosat_ms')
   assert info['class_names'] == ['Forest', 'River'] and info['image_dtype'] == 'uint16'
   assert info['splits'] == {'train': 8, 'test': 2, 'train_lb_2': 2, 'train_lb_4': 4}

@@ -38,9 +38,9 @@ def test_round_trip_every_field(tmp_path, dtype, shape, date):
       tmp_path, 'toy', {'train': lambda: train, 'test': lambda: test, 'train_lb_2': lambda: lab},
       schema, metadata={'labeled_splits': {2: 'train_lb_2'}, 'labeled_indices': {2: [5, 1]},
                         'source': 'synthetic'})
-  assert out == tmp_path / 'toy' / '1.0.0'
+  assert out == tmp_path / 'stssl_toy' / '1.0.0'  # Never TFDS's catalogue name.
   assert records.is_prepared(tmp_path, 'toy')
-  assert [p.name for p in tmp_path.iterdir()] == ['toy']  # Temporary directory removed.
+  assert [p.name for p in tmp_path.iterdir()] == ['stssl_toy']  # Temporary directory removed.
 
   for split, expected in (('train', train), ('test', test), ('train_lb_2', lab)):
     src = records.open_split(tmp_path, 'toy', split)
@@ -118,7 +118,7 @@ def test_existing_dataset_needs_overwrite(tmp_path):
   second = _examples(3, (2, 2, 3), np.uint8, 1)
   records.write_dataset(tmp_path, 'toy', {'train': lambda: second}, schema, overwrite=True)
   assert len(records.open_split(tmp_path, 'toy', 'train')) == 3
-  assert [p.name for p in tmp_path.iterdir()] == ['toy']
+  assert [p.name for p in tmp_path.iterdir()] == ['stssl_toy']
 
 
 @pytest.mark.parametrize('field,value,match', [

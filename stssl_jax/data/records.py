@@ -29,13 +29,20 @@ the schema version, labeled-subset definitions, the source and skipped files. `l
 returns it as a plain dict. Writing is atomic: the dataset is built in a temporary directory
 next to the output and renamed into place only when complete.
 
-Note: `tfds.data_source('eurosat', ...)` resolves to the TFDS catalog's own `eurosat`
-builder; read through `open_split` (or `tfds.data_source('eurosat:1.0.0', data_dir=...)`).
+On disk a dataset is named `stssl_<name>` (TFDS_PREFIX), so that TFDS's own catalogue
+(which has its own `eurosat` and `bigearthnet`) never captures it:
+`tfds.data_source('stssl_eurosat', data_dir=..., split='train')` reads our data, and so does
+`open_split(data_dir, 'eurosat', 'train')`. Shards are serialised deterministically (sorted
+proto map keys), so identical input gives byte-identical files; each shard's size and SHA-256
+are recorded in metadata.json ('files') and checked before a dataset counts as prepared
+(`verify`), and a reader names the file and split of a truncated or corrupt shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -47,9 +54,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
+
+from stssl_jax import faults
 
 SCHEMA_VERSION = 1
 VERSION = f'{SCHEMA_VERSION}.0.0'  # TFDS version directory of this schema.
+TFDS_PREFIX = 'stssl_'  # On-disk (TFDS builder) names: stssl_eurosat, stssl_bigearthnet, ...
 FEATURE_KEYS = ('image', 'label', 'lat', 'lon', 'date', 'filename', 'index')
 # METHOD 1.1: the date is parsed leniently, single-digit month/day/hour accepted.
 _DATE_RE = re.compile(r'^\d{4}-\d{1,2}-\d{1,2} \d{1,2}:\d{2}:\d{2}$')
@@ -203,9 +214,23 @@ def decode(raw: Mapping[str, Any]) -> dict[str, Any]:
   return rec
 
 
+class CorruptShard(IOError):
+  """A shard file is truncated, altered or unreadable; the message names file and split."""
+
+
+def tfds_name(name: str) -> str:
+  """'eurosat' -> 'stssl_eurosat': the TFDS builder and folder name of our dataset `name`."""
+  return name if name.startswith(TFDS_PREFIX) else TFDS_PREFIX + name
+
+
+def dataset_root(data_dir: str | os.PathLike, name: str) -> pathlib.Path:
+  """Returns `<data_dir>/stssl_<name>`, the folder that data_prep installs atomically."""
+  return pathlib.Path(data_dir) / tfds_name(name)
+
+
 def dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path:
-  """Returns `<data_dir>/<name>/<VERSION>`, the directory holding one prepared dataset."""
-  return pathlib.Path(data_dir) / name / VERSION
+  """Returns `<data_dir>/stssl_<name>/<VERSION>`, the directory holding one prepared dataset."""
+  return dataset_root(data_dir, name) / VERSION
 
 
 def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
@@ -215,6 +240,106 @@ def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
     return False
   with open(d / 'metadata.json') as f:
     return json.load(f).get('schema_version') == SCHEMA_VERSION
+
+
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def file_digests(ds_dir: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """{shard file name: {'bytes': size, 'sha256': hex}} of every shard in `ds_dir`."""
+  return {p.name: {'bytes': p.stat().st_size, 'sha256': _sha256(p)}
+          for p in sorted(ds_dir.glob('*.array_record-*'))}
+
+
+def verify(data_dir: str | os.PathLike, name: str, checksums: bool = True) -> list[str]:
+  """Problems of a prepared dataset's shards against the sizes/hashes recorded at write time.
+
+  Args:
+    data_dir: root passed to data_prep as --out.
+    name: dataset name.
+    checksums: also re-hash every shard (reads all bytes; sizes alone catch truncation).
+  Returns:
+    One message per missing, truncated or altered file (empty: intact).
+  """
+  d = dataset_dir(data_dir, name)
+  with open(d / 'metadata.json') as f:
+    files = json.load(f).get('files')
+  if files is None:
+    return [f'{d}/metadata.json records no shard sizes or checksums (prepared by an older '
+            'version)']
+  problems = []
+  for fname, want in sorted(files.items()):
+    path = d / fname
+    if not path.is_file():
+      problems.append(f'{path}: missing')
+    elif path.stat().st_size != want['bytes']:
+      problems.append(f'{path}: {path.stat().st_size} bytes, {want["bytes"]} when written '
+                      '(truncated or altered)')
+    elif checksums and _sha256(path) != want['sha256']:
+      problems.append(f'{path}: SHA-256 differs from the one recorded when it was written '
+                      '(altered or corrupt)')
+  return problems
+
+
+_SERIALIZERS: dict[int, Any] = {}
+
+
+def serialize(features, example: Mapping[str, Any]) -> bytes:
+  """`features.serialize_example`, with proto map keys in sorted order.
+
+  TFDS serialises the tf.train.Example feature map in hash order, which changes from one
+  process to the next, so two runs over the same input gave different shard bytes.
+  """
+  ser = _SERIALIZERS.get(id(features))
+  if ser is None:
+    ser = _SERIALIZERS[id(features)] = example_serializer.ExampleSerializer(
+        features.get_serialized_info())
+  return ser.get_tf_example(features.encode_example(example)).SerializeToString(
+      deterministic=True)
+
+
+@contextlib.contextmanager
+def deterministic_serialization():
+  """Within it, TFDS builders serialise records as `serialize` does (sorted map keys)."""
+  cls = example_serializer.ExampleSerializer
+  original = cls.serialize_example
+  cls.serialize_example = lambda self, example: self.get_tf_example(example).SerializeToString(
+      deterministic=True)
+  try:
+    yield
+  finally:
+    cls.serialize_example = original
+
+
+def make_temp_dir(root: pathlib.Path, name: str) -> pathlib.Path:
+  """A build folder `.stssl_<name>.tmp-<pid>-*` in `root`, after removing stale ones.
+
+  A killed data_prep cannot clean up after itself; the next run removes every build folder
+  of `name` whose process is gone (the pid in the name), so none is left behind for long.
+  """
+  prefix = f'.{tfds_name(name)}.tmp-'
+  for old in root.glob(prefix + '*'):
+    pid = old.name[len(prefix):].split('-', 1)[0]
+    if not (pid.isdigit() and _alive(int(pid))):
+      shutil.rmtree(old, ignore_errors=True)
+  return pathlib.Path(tempfile.mkdtemp(prefix=f'{prefix}{os.getpid()}-', dir=root))
+
+
+def _alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 class _StatsTap:
@@ -293,12 +418,12 @@ def schema_metadata(schema: Schema, class_counts: Mapping[str, Sequence[int]],
 
 
 def install(built: pathlib.Path, data_dir: str | os.PathLike, name: str) -> None:
-  """Moves a complete `built` (= <tmp>/<name>) to `<data_dir>/<name>` with renames only.
+  """Moves a complete `built` (= <tmp>/stssl_<name>) to `dataset_root` with renames only.
 
-  An existing `<data_dir>/<name>` is moved aside into `built`'s parent first and restored if
-  the final rename fails, so `<data_dir>/<name>` is never a half-written dataset.
+  An existing dataset is moved aside into `built`'s parent first and restored if the final
+  rename fails, so `dataset_root(data_dir, name)` is never a half-written dataset.
   """
-  final = pathlib.Path(data_dir) / name
+  final = dataset_root(data_dir, name)
   old = built.parent / 'old' if final.exists() else None
   if old:
     os.rename(final, old)
@@ -366,23 +491,26 @@ def write_dataset(
   if stats_split not in splits:
     raise ValueError(f'stats_split {stats_split!r} is not among the splits {list(splits)}')
   root = pathlib.Path(data_dir)
-  final = root / name
+  final = dataset_root(root, name)
   if final.exists() and not overwrite:
     raise FileExistsError(f'{final} already exists; pass overwrite=True to replace it')
   root.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=root))
+  tmp = make_temp_dir(root, name)
   try:
     tap = _StatsTap(schema, stats_split)
-    builder = _builder_cls(name, schema, splits, tap, description)(
+    builder = _builder_cls(tfds_name(name), schema, splits, tap, description)(
         data_dir=str(tmp), file_format='array_record')
-    builder.download_and_prepare(download_dir=str(tmp / 'downloads'))
+    with deterministic_serialization():
+      builder.download_and_prepare(download_dir=str(tmp / 'downloads'))
     band_mean, band_std = tap.band_stats()
     info = dict(metadata or {})
     info.update(schema_metadata(schema, tap.class_counts, band_mean, band_std, stats_split))
     built = pathlib.Path(builder.data_dir)
+    info['files'] = file_digests(built)
     with open(built / 'metadata.json', 'w') as f:
       json.dump(info, f, indent=1)
-    install(tmp / name, root, name)
+    faults.point('prep_built', 0)
+    install(tmp / tfds_name(name), root, name)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return dataset_dir(root, name)
@@ -393,6 +521,9 @@ def _check_dir(data_dir, name) -> pathlib.Path:
   if not (d / 'dataset_info.json').is_file():
     other = sorted(p.name for p in d.parent.iterdir()) if d.parent.is_dir() else []
     hint = f' (found versions {other}; this code reads schema {VERSION})' if other else ''
+    if (pathlib.Path(data_dir) / name / VERSION / 'dataset_info.json').is_file():
+      hint = (f' ({pathlib.Path(data_dir) / name} is the older layout, whose name collided '
+              f'with the TFDS catalogue; prepare it again)')
     raise FileNotFoundError(
         f"No prepared dataset '{name}' in {pathlib.Path(data_dir)}: {d} is missing{hint}. "
         f'Prepare it with `python -m data_prep.{name} --out {data_dir} ...`.')
@@ -453,8 +584,39 @@ class SplitSource(Sequence):
       if self.split not in builder.info.splits:
         raise KeyError(f"Split '{self.split}' not found in {d}; available splits: "
                        f'{sorted(builder.info.splits)}')
+      info = builder.info.splits[self.split]
+      self._files = [(str(d / p), int(n)) for p, n in zip(info.filenames, info.shard_lengths)]
+      # Sizes only (a stat per shard): a truncated shard is named before any read.
+      problems = [m for m in verify(self.data_dir, self.name, checksums=False)
+                  if 'older version' not in m and
+                  any(m.startswith(f + ':') for f, _ in self._files)]
+      if problems:
+        raise CorruptShard(f'split {self.split!r} of {d}: {"; ".join(problems)}; prepare the '
+                           'dataset again (data_prep ... --overwrite)')
       self._source = builder.as_data_source(split=self.split)
     return self._source
+
+  def _file_of(self, i: int) -> str:
+    for path, n in self._files:
+      if i < n:
+        return f'{path} (record {i} of that file)'
+      i -= n
+    return '<unknown file>'
+
+  def _read(self, keys: list[int]) -> list[Any]:
+    source = self._open()
+    try:
+      return source.__getitems__(keys)
+    except Exception as e:  # pylint: disable=broad-except
+      for k in keys:  # Find the record that fails, to name its file.
+        try:
+          source[k]
+        except Exception:  # pylint: disable=broad-except
+          raise CorruptShard(
+              f'cannot read record {k} of split {self.split!r} from {self._file_of(k)}: '
+              f'{type(e).__name__}: {e}; the shard is corrupt: prepare the dataset again '
+              '(data_prep ... --overwrite)') from None
+      raise
 
   def __len__(self) -> int:
     return self._len
@@ -465,10 +627,10 @@ class SplitSource(Sequence):
     i = int(i)
     if not -self._len <= i < self._len:
       raise IndexError(f'index {i} out of range for split {self.split!r} of size {self._len}')
-    return decode(self._open()[i % self._len])
+    return decode(self._read([i % self._len])[0])
 
   def __getitems__(self, keys: Iterable[int]) -> list[dict[str, Any]]:
-    return [decode(r) for r in self._open().__getitems__([int(k) for k in keys])]
+    return [decode(r) for r in self._read([int(k) for k in keys])]
 
   def __getstate__(self):
     return {'data_dir': self.data_dir, 'name': self.name, 'split': self.split, '_len': self._len}
