@@ -26,6 +26,23 @@ import orbax.checkpoint as ocp
 _TMP_MARK = '.orbax-checkpoint-tmp'
 
 
+
+def _key_path(path) -> str:
+  """'params/student/head/kernel' for a tree path; the same for attribute and dict keys.
+
+  The saved metadata is a nested dict (DictKey) where the live state is a dataclass (GetAttrKey),
+  so `keystr` would differ for the very same leaf.
+  """
+  parts = []
+  for entry in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return '/'.join(parts)
+
 class RestoreMismatch(ValueError):
   """The checkpoint's arrays do not fit the state built from the current config."""
 
@@ -103,9 +120,8 @@ class Checkpointer:
     path = pathlib.Path(self.dirs[0]) / str(step) / 'state'
     saved = ocp.StandardCheckpointer().metadata(path)
     saved = getattr(saved, 'item_metadata', saved)
-    flat_saved = {jax.tree_util.keystr(k): v for k, v in
-                  jax.tree_util.tree_flatten_with_path(saved)[0]}
-    flat_now = {jax.tree_util.keystr(k): v for k, v in
+    flat_saved = {_key_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    flat_now = {_key_path(k): v for k, v in
                 jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     lines = [f'{k}: checkpoint {tuple(flat_saved[k].shape)}, now {tuple(v.shape)}'
              for k, v in flat_now.items()

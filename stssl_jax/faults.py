@@ -10,14 +10,15 @@ Points (see train.py):
   eval              before an evaluation
   after_best_save   after the best checkpoint's save was issued, before the resume one
   after_save        after the resume checkpoint's (async) save was issued, still in flight
-Actions: 'kill' (SIGKILL of this process: nothing is cleaned up), 'raise' (RuntimeError),
+Actions: 'kill' (SIGKILL of this process: nothing is cleaned up), 'kill_settled' (SIGKILL once
+the in-flight saves are committed: `settle` is called first), 'raise' (RuntimeError),
 'enospc' (OSError ENOSPC, as from a full disk), 'nan' (returned to the caller to act on).
 """
 
 import errno
 import os
 import signal
-from typing import Optional
+from typing import Callable, Optional
 
 _ENV = 'STSSL_FAULT'
 _ARMED: dict[tuple[str, int], str] = {}
@@ -44,14 +45,16 @@ def disarm() -> None:
   _ARMED.clear()
 
 
-def point(name: str, step: int) -> Optional[str]:
+def point(name: str, step: int, settle: Optional[Callable[[], None]] = None) -> Optional[str]:
   """Fires the fault armed at (name, step), if any; returns a non-fatal action's name."""
   action = _ARMED.pop((name, step), None)
   if action is None and os.environ.get(_ENV):
     action = _parse(os.environ[_ENV]).get((name, step))
   if action is None:
     return None
-  if action == 'kill':
+  if action == 'kill_settled' and settle is not None:
+    settle()
+  if action in ('kill', 'kill_settled'):
     os.kill(os.getpid(), signal.SIGKILL)
   if action == 'raise':
     raise RuntimeError(f'injected fault at {name}@{step}')

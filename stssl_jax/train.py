@@ -259,7 +259,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
     if out[key] > progress['best_metric']:
       progress.update(best_metric=out[key], best_step=done)
       if ckpt.save_best(done, state.ema_params, dict(progress)):
-        faults.point('after_best_save', done)
+        faults.point('after_best_save', done, settle=ckpt.wait)
     return out
 
   start = int(state.step)
@@ -303,7 +303,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
       if done % config.checkpoint_every == 0 or last or stop_now:
         halt_if_nonfinite()
         ckpt.save(done, state, train_iter, dict(progress))
-        faults.point('after_save', done)
+        faults.point('after_save', done, settle=ckpt.wait)
       if stop_now:
         break
     if not final and (int(state.step) >= config.num_steps or progress['stopped_early']):
