@@ -83,12 +83,14 @@ def main(argv):
     print(open(f'{_WORKDIR.value}/shift_eval/shift_eval.md').read())
     return
   from stssl_jax import train  # pylint: disable=g-import-not-at-top
+  from stssl_jax.data import records  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                       allow_config_change=_ALLOW.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:  # Named, one line.
+  except (ValueError, FileNotFoundError, FloatingPointError, records.CorruptShard) as e:
+    # Each names its file, field or step: one line, no traceback.
     sys.exit(f'error: {e}')
   if jax.process_index() == 0:
     print('Final evaluation (EMA weights, eval split):')

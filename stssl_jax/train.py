@@ -198,9 +198,11 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
                              write=False)
     logging.info('%s is finished (step %d); nothing to do', workdir, done_before['step'])
     return done_before
+  # Checked now, recorded only once the checkpoint has restored: an accepted change that the
+  # checkpoint cannot take (another image size) must not overwrite the config it was made with.
+  resume_step = _committed_step(workdir) or 0
+  workdir_lib.guard_config(workdir, config, resume_step, allow_config_change, write=False)
   os.makedirs(workdir, exist_ok=True)
-  workdir_lib.guard_config(workdir, config, _committed_step(workdir) or 0, allow_config_change,
-                           write=is_main)
   model = models.build_model(config)
   state, tx, schedule = create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh,
                                      _lb_prevalence(config, info))
@@ -220,6 +222,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
     logging.info('Resumed from %s at step %d', workdir, int(state.step))
   elif config.model.init_from:
     state = _init_from(state, config.model.init_from)
+  workdir_lib.guard_config(workdir, config, resume_step, allow_config_change, write=is_main)
 
   step_fn = steps.make_train_step(model=model, algo=algo, config=config, tx=tx)
   state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
