@@ -41,7 +41,7 @@ def vit_forward_flops(variant: str, image: int, extra_tokens: int) -> float:
 def analytic(config) -> dict:
   """Analytic FLOPs per step: ours (weak forward outside the gradient) and the original's."""
   b_l, b_u, s = config.batch_size, config.batch_size * config.uratio, config.data.image_size
-  stssl = config.algorithm.startswith('stssl_')
+  stssl = algorithms.get(config.algorithm).stssl
   f_t = vit_forward_flops(config.model.variant, s, 1 if stssl else 0)
   if not stssl:
     return {'ours': f_t * (b_u + 3 * (b_l + b_u)), 'original': 3 * f_t * (b_l + 2 * b_u)}

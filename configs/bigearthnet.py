@@ -11,6 +11,7 @@ prepared/bigearthnet_sample), a tiny ViT on the CPU.
 """
 
 from configs import default
+from stssl_jax import algorithms
 
 FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08)
 
@@ -47,14 +48,15 @@ def get_config(arg=None):
   c.multilabel = True
   c.model.variant = 'S/16'
   c.model.num_classes = classes
+  a = algorithms.get(algo)
   c.algorithm = algo
   c.threshold = (0.05, 0.70)
-  c.lambda_u = 1.0
+  c.lambda_u = a.lambda_u  # DeFixMatch 0.5, the others 1 (METHOD 10).
   c.distill, c.lambda_d = 'mse', 1.0
   c.batch_size, c.uratio = 64, 7
   c.num_steps, c.warmup_steps = 64_000, 0
   c.lr, c.weight_decay = 1e-4, 5e-4
-  c.ema_momentum = 0.0 if algo == 'supervised' else 0.999
+  c.ema_momentum = a.ema_momentum(0.999)  # 0 for supervised and st_supervised.
   c.eval_every, c.eval_batch_size, c.patience = 2000, 512, 16_000
   c.data.label_fraction = frac
   c.data.label_set = 'label19' if classes == 19 else 'label'
@@ -68,7 +70,7 @@ def get_config(arg=None):
     c.batch_size, c.uratio = 4, 2
     c.num_steps, c.warmup_steps = 60, 5
     c.lr = 1e-3
-    c.ema_momentum = 0.0 if algo == 'supervised' else 0.9
+    c.ema_momentum = a.ema_momentum(0.9)
     c.eval_every, c.eval_batch_size = 30, 8
     c.log_every, c.checkpoint_every = 10, 30
   return c

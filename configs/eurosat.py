@@ -19,9 +19,10 @@ single-label threshold tau = 0.95 where they take one [INFERRED].
 """
 
 from configs import default
+from stssl_jax import algorithms
 
-_BASES = ('fixmatch', 'freematch', 'softmatch', 'defixmatch', 'cdmad', 'udal')
-ALGORITHMS = ('supervised', 'st_supervised') + _BASES + tuple('stssl_' + b for b in _BASES)
+# Single-label EuroSAT takes every algorithm but the multi-label-only ones (CAP).
+ALGORITHMS = tuple(n for n in algorithms.names() if not algorithms.get(n).multilabel_only)
 
 
 def parse_arg(arg):
@@ -31,8 +32,8 @@ def parse_arg(arg):
   parts = [p for p in parts if p not in ('demo', 'cpu')]
   algo = next((p for p in parts if not p.isdigit()), 'stssl_fixmatch')
   labels = next((int(p) for p in parts if p.isdigit()), 80 if demo else 40)
-  if algo in ('cap', 'stssl_cap'):
-    raise ValueError('CAP is multi-label only; EuroSAT is single-label (use BigEarthNet)')
+  if algo in algorithms.names() and algorithms.get(algo).multilabel_only:
+    raise ValueError(f'{algo} is multi-label only; EuroSAT is single-label (use BigEarthNet)')
   if algo not in ALGORITHMS:
     raise ValueError(f'unknown EuroSAT algorithm {algo!r}; choose from {ALGORITHMS}')
   if labels not in (10, 20, 40, 80):
@@ -52,14 +53,14 @@ def get_config(arg=None):
   c.model.num_classes = 10
   c.algorithm = algo
   c.threshold = (0.95,)
-  c.lambda_u = 0.5 if algo.endswith('defixmatch') else 1.0
+  a = algorithms.get(algo)
+  c.lambda_u = a.lambda_u
   c.distill = 'mse'
   c.lambda_d = 0.01
   c.batch_size, c.uratio = 8, 1
   c.num_steps, c.warmup_steps = 204_800, 5_120
   c.lr, c.weight_decay = 5e-5, 5e-4
-  supervised = algo in ('supervised', 'st_supervised')
-  c.ema_momentum = 0.0 if supervised else 0.999
+  c.ema_momentum = a.ema_momentum(0.999)
   c.eval_every, c.eval_batch_size, c.patience = 2048, 16, 32_768
   if demo:
     c.data.data_dir = 'prepared/eurosat_sample'
@@ -69,7 +70,7 @@ def get_config(arg=None):
     c.batch_size, c.uratio = 16, 2
     c.num_steps, c.warmup_steps = 300, 20
     c.lr = 1e-3
-    c.ema_momentum = 0.0 if supervised else 0.95
+    c.ema_momentum = a.ema_momentum(0.95)
     # Statistics that adapt within the 300 demo steps.
     c.freematch.sup_warmup_steps = c.cdmad.debias_start = c.warmup_steps
     c.freematch.ema_p = c.softmatch.ema_p = c.udal.ema_p = 0.99

@@ -1,6 +1,7 @@
 """Tiny CPU config used by the tests: 16 px images, a depth-2 width-32 ViT, a few steps."""
 
 from configs import default
+from stssl_jax import algorithms
 
 
 def get_config(arg=None):
@@ -19,7 +20,7 @@ def get_config(arg=None):
   c.batch_size, c.uratio = 8, 2
   c.num_steps, c.warmup_steps = 4, 1
   c.lr = 1e-3
-  c.ema_momentum = 0.0 if c.algorithm == 'supervised' else 0.9
+  c.ema_momentum = algorithms.get(c.algorithm).ema_momentum(0.9)
   c.eval_every, c.eval_batch_size, c.patience = 1000, 32, 1000
   c.log_every, c.checkpoint_every = 2, 2
   return c

@@ -44,11 +44,8 @@ def blank_bias(model, params, like, rng, train, algo, config):
   white = jnp.ones((1,) + like.shape[1:], like.dtype)
   if algo.uses_meta:
     logits, feats = _forward(model, params, white, None, rng, train, 'teacher')
-    if config.cdmad.bias_head == 'quirk':
+    if algo.aux_head(config):
       logits = feats['aux_logits']
-    elif config.cdmad.bias_head != 'joint_head':
-      raise ValueError(f'cdmad.bias_head must be quirk or joint_head, got '
-                       f'{config.cdmad.bias_head!r}')
   else:
     logits, _ = _forward(model, params, white, None, rng, train, 'plain')
   return jax.lax.stop_gradient(logits)
@@ -105,7 +102,7 @@ def make_targets(state: TrainState, batch, rng, *, model, algo, config):
   ema = config.pseudo_label_source == 'ema'
   params = state.ema_params if ema else state.params
   train = config.pseudo_label_ema_train_mode if ema else True
-  branch = 'teacher' if algo.uses_meta else 'plain'
+  branch = algo.train_branch
   x, meta = batch['ulb_image_weak'], batch['ulb_meta']
   n_lb = batch['lb_image'].shape[0] if 'weak_lb' in needs else 0
   if n_lb:
@@ -115,7 +112,7 @@ def make_targets(state: TrainState, batch, rng, *, model, algo, config):
   logits, _ = _forward(model, params, x, meta, k_weak, train, branch)
   logits = jax.lax.stop_gradient(logits)
   extras = common.Extras(weak_lb=logits[:n_lb] if n_lb else None)
-  if 'bias' in needs:
+  if algo.needs_bias(config):
     # Current (online) params in training mode, as the original's get_bias.
     extras = extras._replace(bias=blank_bias(model, state.params, x, k_bias, True, algo,
                                              config))
@@ -133,7 +130,7 @@ def make_targets(state: TrainState, batch, rng, *, model, algo, config):
 
 def _labeled_rows(batch, algo, config):
   """(images, meta) of the labeled rows: [x_l] or, with labeled strong views, [x_l; x_l,s]."""
-  if 'lb_strong' not in algo.needs(config):
+  if not algo.needs_lb_strong(config):
     return batch['lb_image'], batch['lb_meta']
   if 'lb_image_strong' not in batch:
     raise KeyError(f'{config.algorithm} needs labeled strong views: batch["lb_image_strong"]')
@@ -173,8 +170,7 @@ def loss_and_grads(state: TrainState, batch, *, model, algo, config):
       loss, terms, new_state = stssl_wrapper.step_losses(
           base, config, state.step, algo_state, targets, labels, t_out, s_out, n_lb)
       return loss, (terms, new_state)
-    branch = 'teacher' if algo.teacher_only else 'plain'
-    logits, _ = _forward(model, params, x, meta, k_t, True, branch)
+    logits, _ = _forward(model, params, x, meta, k_t, True, algo.train_branch)
     loss, terms = base.loss_terms(logits[:n_lb], labels, logits[n_lb:], targets, algo_state,
                                   config, state.step)
     return loss, (terms, algo_state)
@@ -226,7 +222,7 @@ def eval_logits(params, batch, *, model, algo, config, branch, num_updates=None)
   the teacher-derived bias for every branch, as the original does for the student.
   """
   logits, _ = _forward(model, params, batch['image'], batch['meta'], None, False, branch)
-  if 'bias' in algo.needs(config):
+  if algo.needs_bias(config):
     bias = blank_bias(model, params, batch['image'], None, False, algo, config)
     step = num_updates if num_updates is not None else jnp.iinfo(jnp.int32).max
     logits = cdmad.debias_eval(logits, bias, config, step)

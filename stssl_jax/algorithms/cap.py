@@ -1,6 +1,6 @@
 """CAP (METHOD 7.4): class-aware quantile thresholds and the asymmetric loss; multi-label only.
 
-Protocol as in fixmatch.py. The pseudo-labeller is the EMA model on the weak view
+Protocol: `common.BaseAlgorithm`. The pseudo-labeller is the EMA model on the weak view
 (`config.pseudo_label_source = 'ema'`; in STSSL the EMA teacher with metadata). Its sigmoid
 probabilities go into a FIFO queue of the most recent `cap.queue_length` rows (float32, as the
 original), whose per-class quantiles at the labeled prevalence give the thresholds. Settings

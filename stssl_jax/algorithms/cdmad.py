@@ -1,6 +1,6 @@
 """CDMAD (METHOD 7.5): classifier debiasing with the logits of a blank image.
 
-Protocol as in fixmatch.py; the loss is FixMatch's with soft targets. From step
+Protocol: `common.BaseAlgorithm`; the loss is FixMatch's with soft targets. From step
 `cdmad.debias_start` on, the bias b [1, C] is the pseudo-labeller's logits for an all-ones
 image (in normalised input space), computed by the train step without gradient and in
 training mode (`extras.bias`); before that b = 0. Targets are `prob(sg[z_w] - b)` and the
@@ -26,6 +26,14 @@ BIAS_HEADS = ('quirk', 'joint_head')
 def needs(config):
   del config
   return {'bias'}
+
+
+def aux_head(config):
+  """STSSL: the bias is read from the teacher backbone's own (untrained) head."""
+  if config.cdmad.bias_head not in BIAS_HEADS:
+    raise ValueError(f'cdmad.bias_head must be one of {BIAS_HEADS}, got '
+                     f'{config.cdmad.bias_head!r}')
+  return config.cdmad.bias_head == 'quirk'
 
 
 def bias_active(config, step):

@@ -1,24 +1,105 @@
-"""Shared SSL maths (METHOD 4, 7), written once for single-label and multi-label.
+"""Shared SSL maths (METHOD 4, 7), written once for single-label and multi-label, and the
+protocol every base algorithm follows.
 
 Shapes: `B` rows, `C` classes. Single-label labels/pseudo-labels are int [B]; multi-label
 ones are multi-hot float [B, C]. Masks are [B] (single-label) or [B, C] (multi-label).
 
-Also the pieces several algorithms share: the `Extras` a base algorithm's `make_targets` may
-receive, the EMA of running statistics, distribution alignment (SoftMatch, UDAL) and the
-asymmetric loss (CAP).
+Also the pieces several algorithms share: `Targets`, the `Extras` a base algorithm's
+`make_targets` may receive, the EMA of running statistics, distribution alignment (SoftMatch,
+UDAL) and the asymmetric loss (CAP).
 """
 
-from typing import NamedTuple, Optional, Sequence, Union
+import functools
+import types
+from typing import Callable, NamedTuple, Optional, Protocol, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+
+class BaseAlgorithm(Protocol):
+  """What a base-algorithm module defines (STYLE habit 2); modules satisfy it structurally.
+
+  State                                  NamedTuple of running statistics (jit-friendly).
+  init_state(config, num_classes, lb_prevalence=None)
+                                         -> State. lb_prevalence: [C] labeled-set class
+                                         prevalence (multi-label SoftMatch, UDAL, CAP).
+  make_targets(state, weak_logits, config, step, extras=None)
+                                         -> (State, Targets, metrics); from the detached
+                                         weak unlabeled logits [B_u, C] of the pseudo-
+                                         labeller and `Extras` (weak labeled logits,
+                                         blank-image bias) when `needs` asks for them.
+                                         Not needed when USES_UNLABELED is False.
+  loss_terms(lb_logits, labels, strong_logits, targets, state, config, step)
+                                         -> (scalar loss, {name: scalar}). lb_logits holds
+                                         [weak; strong] labeled rows [2 B_l, C] when
+                                         `needs` has 'lb_strong', else [B_l, C].
+  Optional (resolved once by `hooks`):
+  USES_UNLABELED = False                 supervised only.
+  LAMBDA_U = 0.5                         released weight of the unlabeled term (default 1).
+  needs(config) -> set of 'weak_lb' | 'bias' | 'lb_strong' (default: none).
+  aux_head(config) -> bool               STSSL teacher needs its backbone's own head (CDMAD).
+  student_targets(state, targets, lb_logits, strong_logits, config, step)
+                                         -> (State, Targets) for the STSSL student, from its
+                                         detached logits (UDAL's student estimate).
+  distill_gate(config, step) -> 0/1 scalar multiplying the distillation term (FreeMatch's
+                                         supervised warm-up).
+  The STSSL wrapper (algorithms/stssl.py) calls these once for the teacher's statistics and
+  twice for the losses (teacher and student logits), so nothing is written twice.
+  """
+  State: type
+
+  def init_state(self, config, num_classes, lb_prevalence=None): ...
+
+  def loss_terms(self, lb_logits, labels, strong_logits, targets, state, config, step): ...
+
+
+class Hooks(NamedTuple):
+  """A base module's optional parts, each filled with its default when absent."""
+  uses_unlabeled: bool
+  lambda_u: float
+  needs: Callable
+  aux_head: Callable
+  student_targets: Optional[Callable]
+  distill_gate: Optional[Callable]
+
+
+_REQUIRED = ('State', 'init_state', 'loss_terms')
+
+
+@functools.lru_cache(maxsize=None)
+def hooks(base: types.ModuleType) -> Hooks:
+  """The protocol parts of `base`, checked and resolved once per module."""
+  uses_unlabeled = getattr(base, 'USES_UNLABELED', True)
+  missing = [n for n in _REQUIRED + (('make_targets',) if uses_unlabeled else ())
+             if not hasattr(base, n)]
+  if missing:
+    raise TypeError(f'{base.__name__} lacks {", ".join(missing)} (protocol: '
+                    'algorithms.common.BaseAlgorithm)')
+  return Hooks(uses_unlabeled=uses_unlabeled,
+               lambda_u=float(getattr(base, 'LAMBDA_U', 1.0)),
+               needs=getattr(base, 'needs', lambda config: set()),
+               aux_head=getattr(base, 'aux_head', lambda config: False),
+               student_targets=getattr(base, 'student_targets', None),
+               distill_gate=getattr(base, 'distill_gate', None))
+
+
+class Targets(NamedTuple):
+  """Pseudo-labels and their per-row (or per-entry) weights.
+
+  label: int32 [B_u] (single-label) or multi-hot [B_u, C].
+  weight: mask [B_u] or [B_u, C] (1 keeps the entry in the consistency loss).
+  """
+  label: jax.Array
+  weight: jax.Array
+
+
 Threshold = Union[float, Sequence[float]]
 
 
 class Extras(NamedTuple):
-  """Detached inputs of `make_targets` beyond the weak unlabeled logits (protocol, fixmatch.py).
+  """Detached inputs of `make_targets` beyond the weak unlabeled logits (`BaseAlgorithm`).
 
   weak_lb: [B_l, C] the pseudo-labeller's logits on the weak labeled view (algorithms that
     declare 'weak_lb' in `needs(config)`: SoftMatch/UDAL p_target, DeFixMatch anti-labels).

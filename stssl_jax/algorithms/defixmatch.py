@@ -1,6 +1,6 @@
 """DeFixMatch (METHOD 7.3): FixMatch debiased with strongly augmented labeled views.
 
-Protocol as in fixmatch.py. The batch also carries `lb_image_strong`; both forwards see
+Protocol: `common.BaseAlgorithm`. The batch also carries `lb_image_strong`; both forwards see
 `[x_l; x_l,s; x_s]` (the wrapper hands `lb_logits = [z_l; z_l,s]`, [2 B_l, C]). The "anti"
 term scores the labeled strong view against the hard pseudo-labels and fixed-threshold mask
 of the pseudo-labeller's **weak labeled** logits (ground truth is not used, quirk Q11); in
@@ -15,6 +15,7 @@ from stssl_jax.algorithms import common, fixmatch
 
 State = fixmatch.State
 init_state = fixmatch.init_state
+LAMBDA_U = 0.5  # The released weight of the unlabeled term (METHOD 10), on both datasets.
 
 
 class Targets(NamedTuple):

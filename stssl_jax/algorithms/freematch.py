@@ -1,6 +1,6 @@
 """FreeMatch (METHOD 7.1): self-adaptive thresholds, a fairness term, supervised warm-up.
 
-Protocol as in fixmatch.py. Settings live in `config.freematch` (ema_p, lambda_e,
+Protocol: `common.BaseAlgorithm`. Settings live in `config.freematch` (ema_p, lambda_e,
 sup_warmup_steps, use_quantile, clip_thresh, empty_class). The statistics update every step,
 before the mask, also during warm-up; in STSSL they come from the teacher only and the
 student's fairness term reads them.

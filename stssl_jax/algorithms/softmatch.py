@@ -1,6 +1,6 @@
 """SoftMatch (METHOD 7.2): truncated-Gaussian weights on distribution-aligned confidences.
 
-Protocol as in fixmatch.py; the loss is FixMatch's with a real-valued weight in place of the
+Protocol: `common.BaseAlgorithm`; the loss is FixMatch's with a real-valued weight in place of the
 mask. Settings live in `config.softmatch` (ema_p, n_sigma, dist_align, dist_uniform,
 per_class). Distribution alignment feeds only the weights; pseudo-labels come from the raw
 weak logits. In STSSL all of it is the teacher's.

@@ -18,7 +18,7 @@ def step_losses(base, config, step, algo_state, targets, labels, teacher_out, st
   """Total STSSL loss `L_T + L_S` (METHOD 5, steps 4-6) and the updated algorithm state.
 
   Args:
-    base: base-algorithm module (protocol in fixmatch.py).
+    base: base-algorithm module (`common.BaseAlgorithm`).
     config: run config (lambda_u, lambda_d, distill, multilabel, ...).
     step: int32 scalar, 0-based update index.
     algo_state: the base algorithm's State after this step's teacher update.
@@ -35,10 +35,11 @@ def step_losses(base, config, step, algo_state, targets, labels, teacher_out, st
   (t_logits, t_feats), (s_logits, s_feats) = teacher_out, student_out
   loss_t, terms_t = base.loss_terms(t_logits[:n_lb], labels, t_logits[n_lb:], targets,
                                     algo_state, config, step)
+  hooks = common.hooks(base)
   s_targets = targets
-  if hasattr(base, 'student_targets'):
+  if hooks.student_targets is not None:
     s_detached = jax.lax.stop_gradient(s_logits)
-    algo_state, s_targets = base.student_targets(algo_state, targets, s_detached[:n_lb],
+    algo_state, s_targets = hooks.student_targets(algo_state, targets, s_detached[:n_lb],
                                                  s_detached[n_lb:], config, step)
   loss_s, terms_s = base.loss_terms(s_logits[:n_lb], labels, s_logits[n_lb:], s_targets,
                                     algo_state, config, step)
@@ -46,7 +47,7 @@ def step_losses(base, config, step, algo_state, targets, labels, teacher_out, st
   distill = common.distill_loss(s_feats['meta'], t_feats['meta'], config.distill)
   if config.distill == 'none' or config.lambda_d == 0:
     distill = jnp.zeros_like(loss_s)
-  gate = base.distill_gate(config, step) if hasattr(base, 'distill_gate') else 1.0
+  gate = hooks.distill_gate(config, step) if hooks.distill_gate is not None else 1.0
   loss_s = loss_s + config.lambda_d * gate * distill
   metrics = {f'teacher/{k}': v for k, v in terms_t.items()}
   metrics.update({f'student/{k}': v for k, v in terms_s.items()})

@@ -1,4 +1,4 @@
-"""Supervised baseline (METHOD 7.7): labeled data only; same protocol as fixmatch.py."""
+"""Supervised baseline (METHOD 7.7): labeled data only; protocol: `common.BaseAlgorithm`."""
 
 from typing import NamedTuple
 

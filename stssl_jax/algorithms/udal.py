@@ -1,6 +1,6 @@
 """UDAL (METHOD 7.6): distribution alignment as logit adjustment, with an alpha schedule.
 
-Protocol as in fixmatch.py. Settings live in `config.udal` (ema_p, a_min, k, dist_uniform,
+Protocol: `common.BaseAlgorithm`. Settings live in `config.udal` (ema_p, a_min, k, dist_uniform,
 student_pbar, min_prevalence); T_total is `config.num_steps`. Hard labels and the fixed mask
 come from the raw weak probabilities; the adjustments `log adj(.)` are added to the logits
 before CE/BCE and travel in the Targets, so the STSSL student can swap its own in.

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stssl_jax import metadata
+from stssl_jax import algorithms, metadata
 from stssl_jax.models import vit
 
 Dtype = Any
@@ -251,13 +251,12 @@ def build_model(config) -> nn.Module:
   dtype = _DTYPES[config.dtype] if isinstance(config.dtype, str) else config.dtype
   kwargs = dict(variant=config.model.variant, num_classes=config.model.num_classes,
                 drop_path=config.model.drop_path, dtype=dtype)
-  if config.algorithm == 'st_supervised' or config.algorithm.startswith('stssl_'):
-    kind, params = meta_encoding_params(config)
-    kwargs.update(meta_encoding=kind, meta_encoding_params=params)
-  if config.algorithm == 'st_supervised':
+  algo = algorithms.get(config.algorithm)
+  if not algo.uses_meta:
+    return PlainViT(**kwargs)
+  kind, params = meta_encoding_params(config)
+  kwargs.update(meta_encoding=kind, meta_encoding_params=params)
+  if algo.teacher_only:
     return STSSLModel(placeholder=False, with_student=False, **kwargs)
-  if config.algorithm.startswith('stssl_'):
-    placeholder = config.distill != 'none' and config.lambda_d > 0
-    aux_head = config.algorithm == 'stssl_cdmad' and config.cdmad.bias_head == 'quirk'
-    return STSSLModel(placeholder=placeholder, aux_head=aux_head, **kwargs)
-  return PlainViT(**kwargs)
+  return STSSLModel(placeholder=algo.placeholder(config), aux_head=algo.aux_head(config),
+                    **kwargs)
