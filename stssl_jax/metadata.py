@@ -1,4 +1,7 @@
-"""Spatiotemporal metadata: (lat, lon, date) -> 4-d vector, and the teacher's encoder E.
+"""Spatiotemporal metadata codec: (lat, lon, date) <-> the 4-d vector m. NumPy only.
+
+The data layer (pipeline, data_prep, shift evaluation) uses this module without flax or jax;
+the teacher's encoder E and the location featurizers are in `models/meta_encoder.py`.
 
 METHOD 1.1: m = [lat/90, lon/180, sin(theta), cos(theta)] with theta = 2*pi*d/365 and d the
 1-based day of year (time of day and year ignored; d = 366 gives theta > 2*pi). The precision
@@ -7,26 +10,20 @@ to float32; `d / 365 * 2 * pi` and sin/cos in float32, in that operation order.
 
 METHOD 1.4: `apply_switches` implements the `no_loc` / `no_time` ablations.
 
-`featurize(m, kind)` maps m to the encoder's input features. The released model feeds m itself
-('linear'); the other kinds are location encodings without its two flaws: lon/180 jumps from
-+1 to -1 across the antimeridian, and lat = +-90 is a line in (lat, lon) though the pole is one
-point. The time components (sin, cos) are already periodic and pass through unchanged.
-METHOD 1.4 leaves the paper's encoding ablations [UNKNOWN]; these are our own options.
+`decode` inverts the location part (degrees from m[:, :2]); the day of year is not
+recoverable from (sin, cos) beyond its angle and is not needed downstream.
 """
 
 import datetime
 import math
 import re
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from stssl_jax.models import vit
-
-Dtype = Any
+# Width of the encoded metadata vector m = [lat/90, lon/180, sin, cos].
+META_DIM = 4
+LAT_SCALE, LON_SCALE = 90.0, 180.0
 
 # The date every sample gets under `no_time` (METHOD 1.4).
 NO_TIME_DATE = '2017-01-01 00:00:00'
@@ -43,6 +40,11 @@ def _as_str(date: Any) -> Optional[str]:
   if isinstance(date, str):
     return date if date.strip() else None
   return None
+
+
+def is_date(text: str) -> bool:
+  """Whether `text` is in the date grammar (YYYY-M-D[ HH:MM:SS]); calendar not checked."""
+  return _DATE_RE.match(text) is not None
 
 
 def day_of_year(date: str) -> int:
@@ -100,8 +102,22 @@ def encode(lat: Sequence[float], lon: Sequence[float], dates: Sequence[Optional[
       raise ValueError(f'Sample {i}: {e}') from e
   # float32 arithmetic in the original's order: ((d / 365) * 2) * pi.
   theta = days / np.float32(365) * np.float32(2) * np.float32(math.pi)
-  return np.stack([(lat / 90.0).astype(np.float32), (lon / 180.0).astype(np.float32),
+  return np.stack([(lat / LAT_SCALE).astype(np.float32), (lon / LON_SCALE).astype(np.float32),
                    np.sin(theta), np.cos(theta)], axis=-1)
+
+
+def decode_location(m) -> tuple[np.ndarray, np.ndarray]:
+  """(lat [B], lon [B]) float64 degrees of encoded metadata m [B, META_DIM]."""
+  m = np.asarray(m)
+  return (m[:, 0].astype(np.float64) * LAT_SCALE, m[:, 1].astype(np.float64) * LON_SCALE)
+
+
+def encode_location(m, lat, lon) -> np.ndarray:
+  """m [B, META_DIM] with its location part replaced by (lat [B], lon [B]) degrees (a copy)."""
+  m = np.array(m)
+  m[:, 0] = np.asarray(lat, np.float64) / LAT_SCALE
+  m[:, 1] = np.asarray(lon, np.float64) / LON_SCALE
+  return m
 
 
 def apply_switches(lat: Sequence[float], lon: Sequence[float], dates: Sequence[Optional[str]],
@@ -127,178 +143,3 @@ def apply_switches(lat: Sequence[float], lon: Sequence[float], dates: Sequence[O
   if no_time:
     dates = [NO_TIME_DATE] * len(dates)
   return lat, lon, dates
-
-
-def _angles(m: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """m [B, 4] -> latitude, longitude [B] in radians (float32 at least)."""
-  m = jnp.asarray(m, jnp.promote_types(m.dtype, jnp.float32))
-  return m[:, 0] * (jnp.pi / 2), m[:, 1] * jnp.pi
-
-
-def _linear(m: jax.Array) -> jax.Array:
-  # The identity, not a copy or a cast: the released model's fc1 sees the very same values.
-  return m
-
-
-def _sphere(m: jax.Array) -> jax.Array:
-  lat, lon = _angles(m)
-  xyz = [jnp.cos(lat) * jnp.cos(lon), jnp.cos(lat) * jnp.sin(lon), jnp.sin(lat)]
-  return jnp.concatenate([jnp.stack(xyz, axis=-1), m[:, 2:].astype(xyz[0].dtype)], axis=-1)
-
-
-def _multiscale(m: jax.Array, num_scales: int, min_freq: float) -> jax.Array:
-  lat, lon = _angles(m)
-  f = jnp.asarray([min_freq * 2.0 ** i for i in range(num_scales)], lat.dtype)  # [K]
-  a, b = lat[:, None] * f, lon[:, None] * f  # [B, K]
-  return jnp.concatenate([jnp.sin(a), jnp.cos(a), jnp.sin(b), jnp.cos(b),
-                          m[:, 2:].astype(a.dtype)], axis=-1)
-
-
-def _legendre(x: jax.Array, s: jax.Array, degree: int) -> dict[tuple[int, int], jax.Array]:
-  """Associated Legendre functions P_l^m(x), 0 <= m <= l <= degree (no Condon-Shortley phase).
-
-  Args:
-    x: [B] cos(colatitude) = sin(lat).
-    s: [B] sin(colatitude) = cos(lat) >= 0; P_m^m = (2m-1)!! s^m uses it directly, so there is
-      no sqrt(1 - x^2) whose gradient blows up at the poles.
-    degree: the largest l.
-
-  Returns:
-    {(l, m): [B]}.
-  """
-  p = {}
-  pmm = jnp.ones_like(x)
-  for m in range(degree + 1):
-    if m:
-      pmm = pmm * (2 * m - 1) * s
-    p[(m, m)] = pmm
-    if m < degree:
-      p[(m + 1, m)] = (2 * m + 1) * x * pmm
-    for l in range(m + 2, degree + 1):
-      p[(l, m)] = ((2 * l - 1) * x * p[(l - 1, m)] - (l + m - 1) * p[(l - 2, m)]) / (l - m)
-  return p
-
-
-def _sph_harmonics(m: jax.Array, degree: int) -> jax.Array:
-  """Real spherical harmonics Y_l^k, l = 0..degree, k = -l..l in that order, + (sin, cos).
-
-  Y_l^0 = N_l^0 P_l^0, Y_l^k = sqrt(2) N_l^k P_l^k cos(k lon) and Y_l^-k = sqrt(2) N_l^k P_l^k
-  sin(k lon) for k > 0, with N_l^k = sqrt((2l+1)/(4 pi) (l-k)!/(l+k)!): orthonormal under the
-  area measure cos(lat) dlat dlon. The sign convention (no (-1)^k) does not matter to a Dense.
-  """
-  lat, lon = _angles(m)
-  p = _legendre(jnp.sin(lat), jnp.cos(lat), degree)
-  out = []
-  for l in range(degree + 1):
-    for k in range(-l, l + 1):
-      a = abs(k)
-      norm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - a) / math.factorial(l + a))
-      if k == 0:
-        out.append(norm * p[(l, 0)])
-      else:
-        trig = jnp.cos(a * lon) if k > 0 else jnp.sin(a * lon)
-        out.append(math.sqrt(2.0) * norm * p[(l, a)] * trig)
-  return jnp.concatenate([jnp.stack(out, axis=-1), m[:, 2:].astype(lat.dtype)], axis=-1)
-
-
-class _Kind(NamedTuple):
-  fn: Callable[..., jax.Array]
-  num_features: Callable[..., int]
-  defaults: dict[str, Any]
-
-
-# kind -> (featurizer, F as a function of its params, default params).
-_KINDS = {
-    'linear': _Kind(_linear, lambda: 4, {}),
-    'sphere': _Kind(_sphere, lambda: 5, {}),
-    'multiscale': _Kind(_multiscale, lambda num_scales, min_freq: 4 * num_scales + 2,
-                        {'num_scales': 6, 'min_freq': 1.0}),
-    'sph_harmonics': _Kind(_sph_harmonics, lambda degree: (degree + 1) ** 2 + 2, {'degree': 4}),
-}
-ENCODINGS = tuple(_KINDS)
-
-
-def _resolve(kind: str, params: Mapping[str, Any]) -> tuple[_Kind, dict[str, Any]]:
-  if kind not in _KINDS:
-    raise ValueError(f'Unknown metadata encoding {kind!r}; expected one of {ENCODINGS}')
-  spec = _KINDS[kind]
-  unknown = set(params) - set(spec.defaults)
-  if unknown:
-    raise ValueError(f'Encoding {kind!r} takes params {sorted(spec.defaults)}, got unknown '
-                     f'{sorted(unknown)}')
-  full = {**spec.defaults, **params}
-  if full.get('degree', 0) < 0 or full.get('num_scales', 1) < 1 or full.get('min_freq', 1) <= 0:
-    raise ValueError(f'Invalid params for encoding {kind!r}: {full}')
-  return spec, full
-
-
-def num_features(kind: str = 'linear', **params) -> int:
-  """F, the width of `featurize(m, kind, **params)`.
-
-  Args:
-    kind: a kind in `ENCODINGS`.
-    **params: that kind's params (see `featurize`); missing ones take their defaults.
-
-  Returns:
-    linear 4; sphere 5; multiscale 4 * num_scales + 2; sph_harmonics (degree + 1)^2 + 2.
-  """
-  spec, full = _resolve(kind, params)
-  return spec.num_features(**full)
-
-
-def featurize(m: jax.Array, kind: str = 'linear', **params) -> jax.Array:
-  """Location/time features of the metadata vector (pure, jit-able, differentiable).
-
-  Angles are the true ones, lat = m[:, 0] * pi/2 and lon = m[:, 1] * pi in radians; the time
-  pair m[:, 2:] = (sin, cos) of the day angle ends every non-linear kind unchanged.
-
-  Args:
-    m: [B, 4] `encode` output [lat/90, lon/180, sin(theta), cos(theta)].
-    kind: one of `ENCODINGS`:
-      'linear': m itself (the released model), F = 4.
-      'sphere': the unit-sphere point (cos lat cos lon, cos lat sin lon, sin lat), F = 5.
-      'multiscale': sin and cos of f*lat, then of f*lon, for f = min_freq * 2^i,
-        i < num_scales (defaults 6 and 1.0: f = 1..32 rad^-1, the finest wavelength 11
-        degrees); F = 4 * num_scales + 2. Integer f keep lon periodic across +-180.
-      'sph_harmonics': real spherical harmonics of degree <= `degree` (default 4),
-        orthonormal on the sphere; F = (degree + 1)^2 + 2.
-    **params: the kind's params named above.
-
-  Returns:
-    [B, F] features, float32 at least (m itself for 'linear').
-
-  Raises:
-    ValueError: unknown kind or param, or m is not [B, 4].
-  """
-  spec, full = _resolve(kind, params)
-  m = jnp.asarray(m)
-  if m.ndim != 2 or m.shape[-1] != 4:
-    raise ValueError(f'featurize expects m of shape [B, 4], got {m.shape}')
-  return spec.fn(m, **full)
-
-
-class MetadataEncoder(nn.Module):
-  """E(m) = fc2(GELU(fc1(phi(m)))): Linear(F, dim), exact GELU, Linear(dim, dim) (METHOD 2.3).
-
-  phi = `featurize(., encoding, **encoding_params)`. The released model is 'linear' (phi the
-  identity, F = 4), whose params and outputs are exactly the original's. Both layers use
-  torch nn.Linear's default init (weight and bias uniform in +-1/sqrt(fan_in)), METHOD 2.5.
-
-  Attributes:
-    dim: output and hidden width (the ViT width D).
-    dtype: compute dtype (None: follow inputs and params).
-    encoding: a kind in `ENCODINGS`.
-    encoding_params: keyword arguments of that kind (e.g. {'degree': 4}); None for defaults.
-  """
-  dim: int
-  dtype: Optional[Dtype] = None
-  encoding: str = 'linear'
-  encoding_params: Optional[Mapping[str, Any]] = None
-
-  @nn.compact
-  def __call__(self, m: jax.Array) -> jax.Array:
-    """Args: m [B, 4] encoded metadata. Returns: [B, dim] embedding."""
-    m = featurize(m, self.encoding, **dict(self.encoding_params or {}))  # [B, F]
-    h = vit.torch_dense(self.dim, m.shape[-1], self.dtype, 'fc1')(m)
-    h = nn.gelu(h, approximate=False)
-    return vit.torch_dense(self.dim, self.dim, self.dtype, 'fc2')(h)

@@ -35,9 +35,9 @@ def shift_meta(m: np.ndarray, *, no_loc=False, no_time=False, dlat=0.0, dlon=0.0
                days=0) -> np.ndarray:
   """Transforms encoded metadata [B, 4] as if lat/lon/date had been changed first."""
   m = np.array(m, np.float32, copy=True)
-  lat = np.clip(m[:, 0].astype(np.float64) * 90.0 + dlat, -90.0, 90.0)
-  lon = (m[:, 1].astype(np.float64) * 180.0 + dlon + 180.0) % 360.0 - 180.0
-  m[:, 0], m[:, 1] = lat / 90.0, lon / 180.0
+  lat, lon = metadata.decode_location(m)
+  m = metadata.encode_location(m, np.clip(lat + dlat, -90.0, 90.0),
+                               (lon + dlon + 180.0) % 360.0 - 180.0)
   if days:
     theta = np.arctan2(m[:, 2], m[:, 3]) + 2 * np.pi * days / 365.0
     m[:, 2], m[:, 3] = np.sin(theta), np.cos(theta)
@@ -68,9 +68,7 @@ def variants(config, stssl=True):
 
 def _load_params(config, workdir, model, algo):
   """(EMA params, description, number of updates) of the best checkpoint, else the latest."""
-  s = config.data.image_size
-  x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
-  args = (x, jnp.zeros((1, 4), jnp.float32)) if algo.uses_meta else (x,)
+  args = models.init_inputs(config, algo)
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args)['params'])
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:

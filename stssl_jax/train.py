@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stssl_jax import algorithms, atomic, checkpoint, faults, metrics as metrics_lib, optim
-from stssl_jax import pl_quality, steps, workdir as workdir_lib
+from stssl_jax import metadata, pl_quality, steps, workdir as workdir_lib
 from stssl_jax import metrics_multilabel as metrics_ml
 from stssl_jax.data import pipeline
 from stssl_jax.models import convert, posemb, stssl as models
@@ -89,11 +89,8 @@ def create_state(config, model, algo, rng, mesh, lb_prevalence=None):
   lb_prevalence: [C] labeled-set class prevalence, for the algorithms whose state needs it
   (multi-label SoftMatch, UDAL, CAP).
   """
-  s = config.data.image_size
-  x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
-  m = jnp.zeros((1, 4), jnp.float32)
   init_rng, state_rng = jax.random.split(rng)
-  args = (x, m) if algo.uses_meta else (x,)
+  args = models.init_inputs(config, algo)
   repl = NamedSharding(mesh, P())
   params = jax.jit(lambda k: model.init(k, *args, train=False)['params'],
                    out_shardings=repl)(init_rng)
@@ -154,7 +151,7 @@ def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, nu
   if gather:
     arrays = {k: np.concatenate(v) for k, v in rows.items()}
     meta = arrays.pop('meta')
-    arrays['lat'], arrays['lon'] = meta[:, 0] * 90.0, meta[:, 1] * 180.0
+    arrays['lat'], arrays['lon'] = metadata.decode_location(meta)
     for k in [k for k in arrays if k.endswith(pipeline.TEXT_SUFFIX)]:
       arrays[k[:-len(pipeline.TEXT_SUFFIX)]] = pipeline.decode_text(arrays.pop(k))
   if config.multilabel:

@@ -9,7 +9,7 @@ import pytest
 
 from configs import test as test_config
 from stssl_jax import metadata
-from stssl_jax.models import stssl as models
+from stssl_jax.models import meta_encoder, stssl as models
 
 _DATE = '2017-06-15 00:00:00'
 # The kinds whose location features live on the sphere, not on the (lat, lon) rectangle.
@@ -33,8 +33,8 @@ def _m(lat, lon, date=_DATE):
 ])
 def test_shapes_and_num_features(kind, params, width):
   m = _m([10.0, -45.0, 80.0], [5.0, 120.0, -170.0])
-  out = metadata.featurize(m, kind, **params)
-  assert out.shape == (3, width) == (3, metadata.num_features(kind, **params))
+  out = meta_encoder.featurize(m, kind, **params)
+  assert out.shape == (3, width) == (3, meta_encoder.num_features(kind, **params))
   assert out.dtype == jnp.float32
   assert np.isfinite(np.asarray(out)).all()
   # Time (sin, cos) is the last pair of every kind, untouched.
@@ -43,34 +43,34 @@ def test_shapes_and_num_features(kind, params, width):
 
 def test_linear_is_the_identity():
   m = _m([48.1, -33.9], [11.6, 18.4])
-  assert metadata.featurize(m, 'linear') is m
+  assert meta_encoder.featurize(m, 'linear') is m
 
 
 @pytest.mark.parametrize('kind', ['sphere', 'multiscale', 'sph_harmonics'])
 def test_continuous_across_antimeridian(kind):
   lat = np.array([-60.0, 0.0, 35.0, 71.0])
   east, west = _m(lat, np.full(4, 179.999)), _m(lat, np.full(4, -179.999))
-  gap = np.abs(np.asarray(metadata.featurize(east, kind) - metadata.featurize(west, kind)))
+  gap = np.abs(np.asarray(meta_encoder.featurize(east, kind) - meta_encoder.featurize(west, kind)))
   # 0.002 degrees apart: |d feature| <= max frequency * 3.5e-5 rad (32 for multiscale).
   assert gap.max() < 2e-3, gap.max()
-  linear_gap = np.abs(np.asarray(metadata.featurize(east, 'linear') - west))
+  linear_gap = np.abs(np.asarray(meta_encoder.featurize(east, 'linear') - west))
   assert linear_gap[:, 1].min() > 1.99  # lon/180 jumps from +1 to -1.
 
 
 def test_multiscale_non_integer_frequency_jumps_at_antimeridian():
   """Continuity across +-180 needs integer longitude frequencies; 1.5 is not one."""
   east, west = _m(0.0, 179.999), _m(0.0, -179.999)
-  f = lambda m: np.asarray(metadata.featurize(m, 'multiscale', num_scales=1, min_freq=1.5))
+  f = lambda m: np.asarray(meta_encoder.featurize(m, 'multiscale', num_scales=1, min_freq=1.5))
   assert np.abs(f(east) - f(west)).max() > 1.0
 
 
 def test_sphere_is_unit_norm():
   rng = np.random.default_rng(0)
   m = _m(rng.uniform(-90, 90, 256), rng.uniform(-180, 180, 256))
-  xyz = np.asarray(metadata.featurize(m, 'sphere'))[:, :3]
+  xyz = np.asarray(meta_encoder.featurize(m, 'sphere'))[:, :3]
   np.testing.assert_allclose(np.linalg.norm(xyz, axis=-1), 1.0, atol=1e-6)
   # (0, 0) is the x axis, the north pole the z axis.
-  np.testing.assert_allclose(metadata.featurize(_m([0.0, 90.0], [0.0, 0.0]), 'sphere')[:, :3],
+  np.testing.assert_allclose(meta_encoder.featurize(_m([0.0, 90.0], [0.0, 0.0]), 'sphere')[:, :3],
                              [[1, 0, 0], [0, 0, 1]], atol=1e-6)
 
 
@@ -78,10 +78,10 @@ def test_sphere_is_unit_norm():
 @pytest.mark.parametrize('pole', [90.0, -90.0])
 def test_pole_is_a_single_point(kind, pole):
   lon = np.linspace(-180.0, 180.0, 13)
-  out = np.asarray(metadata.featurize(_m(np.full(13, pole), lon), kind))
+  out = np.asarray(meta_encoder.featurize(_m(np.full(13, pole), lon), kind))
   np.testing.assert_allclose(out, np.broadcast_to(out[0], out.shape), atol=1e-6)
   # Whereas linear keeps 13 different points there.
-  assert len(np.unique(np.asarray(metadata.featurize(_m(np.full(13, pole), lon)))[:, 1])) == 13
+  assert len(np.unique(np.asarray(meta_encoder.featurize(_m(np.full(13, pole), lon)))[:, 1])) == 13
 
 
 @pytest.mark.parametrize('degree', [2, 4])
@@ -91,7 +91,7 @@ def test_spherical_harmonics_are_orthonormal(degree):
   lat = (np.arange(n_lat) + 0.5) / n_lat * 180.0 - 90.0
   lon = np.arange(n_lon) / n_lon * 360.0 - 180.0
   lat_g, lon_g = (a.ravel() for a in np.meshgrid(lat, lon, indexing='ij'))
-  y = np.asarray(metadata.featurize(_m(lat_g, lon_g), 'sph_harmonics', degree=degree),
+  y = np.asarray(meta_encoder.featurize(_m(lat_g, lon_g), 'sph_harmonics', degree=degree),
                  np.float64)[:, :-2]
   area = np.cos(np.radians(lat_g)) * math.radians(180.0 / n_lat) * math.radians(360.0 / n_lon)
   assert area.sum() == pytest.approx(4 * math.pi, rel=1e-5)
@@ -102,7 +102,7 @@ def test_spherical_harmonics_are_orthonormal(degree):
 def test_spherical_harmonics_low_degrees_in_closed_form():
   rng = np.random.default_rng(1)
   lat, lon = rng.uniform(-90, 90, 64), rng.uniform(-180, 180, 64)
-  y = np.asarray(metadata.featurize(_m(lat, lon), 'sph_harmonics', degree=1))
+  y = np.asarray(meta_encoder.featurize(_m(lat, lon), 'sph_harmonics', degree=1))
   phi, lam = np.radians(lat), np.radians(lon)
   c0, c1 = math.sqrt(1 / (4 * math.pi)), math.sqrt(3 / (4 * math.pi))
   # Order (l, k): (0, 0), (1, -1), (1, 0), (1, 1): c * (const, y, z, x) on the unit sphere.
@@ -114,7 +114,7 @@ def test_spherical_harmonics_low_degrees_in_closed_form():
 def test_multiscale_frequencies():
   rng = np.random.default_rng(2)
   lat, lon = rng.uniform(-90, 90, 32), rng.uniform(-180, 180, 32)
-  out = np.asarray(metadata.featurize(_m(lat, lon), 'multiscale', num_scales=4, min_freq=1.0))
+  out = np.asarray(meta_encoder.featurize(_m(lat, lon), 'multiscale', num_scales=4, min_freq=1.0))
   f = np.array([1.0, 2.0, 4.0, 8.0])
   a, b = np.radians(lat)[:, None] * f, np.radians(lon)[:, None] * f
   want = np.concatenate([np.sin(a), np.cos(a), np.sin(b), np.cos(b)], axis=-1)
@@ -123,31 +123,31 @@ def test_multiscale_frequencies():
 
 def test_jit_and_finite_gradients_at_the_poles():
   m = _m([90.0, -90.0, 0.0], [0.0, 45.0, 180.0])
-  for kind in metadata.ENCODINGS:
-    grad = jax.jit(jax.grad(lambda m, k=kind: metadata.featurize(m, k).sum()))(m)
+  for kind in meta_encoder.ENCODINGS:
+    grad = jax.jit(jax.grad(lambda m, k=kind: meta_encoder.featurize(m, k).sum()))(m)
     assert np.isfinite(np.asarray(grad)).all(), kind
 
 
 def test_errors():
   m = _m(0.0, 0.0)
   with pytest.raises(ValueError, match="Unknown metadata encoding 'fourier'"):
-    metadata.featurize(m, 'fourier')
+    meta_encoder.featurize(m, 'fourier')
   with pytest.raises(ValueError, match="unknown \\['scales'\\]"):
-    metadata.num_features('multiscale', scales=3)
+    meta_encoder.num_features('multiscale', scales=3)
   with pytest.raises(ValueError, match='shape \\[B, 4\\]'):
-    metadata.featurize(m[:, :2], 'sphere')
+    meta_encoder.featurize(m[:, :2], 'sphere')
   with pytest.raises(ValueError, match='Invalid params'):
-    metadata.featurize(m, 'sph_harmonics', degree=-1)
+    meta_encoder.featurize(m, 'sph_harmonics', degree=-1)
 
 
 @pytest.mark.parametrize('kind,params', [('linear', None), ('sphere', None),
                                          ('multiscale', {'num_scales': 3}),
                                          ('sph_harmonics', {'degree': 2})])
 def test_encoder_param_shapes_follow_num_features(kind, params):
-  enc = metadata.MetadataEncoder(dim=16, encoding=kind, encoding_params=params)
+  enc = meta_encoder.MetadataEncoder(dim=16, encoding=kind, encoding_params=params)
   m = _m([10.0, 50.0], [0.0, 179.0])
   variables = enc.init(jax.random.key(0), m)
-  width = metadata.num_features(kind, **(params or {}))
+  width = meta_encoder.num_features(kind, **(params or {}))
   assert jax.tree.map(jnp.shape, variables['params']) == {
       'fc1': {'kernel': (width, 16), 'bias': (16,)}, 'fc2': {'kernel': (16, 16), 'bias': (16,)}}
   # fc1 keeps torch's init for its fan-in F.
@@ -159,8 +159,8 @@ def test_linear_encoder_is_unchanged():
   """The default and 'linear' give the same params and outputs as Dense(4 -> D) on raw m."""
   m = _m([48.1, -33.9, 0.0], [11.6, 18.4, -179.0])
   key = jax.random.key(3)
-  default = metadata.MetadataEncoder(dim=32)
-  explicit = metadata.MetadataEncoder(dim=32, encoding='linear')
+  default = meta_encoder.MetadataEncoder(dim=32)
+  explicit = meta_encoder.MetadataEncoder(dim=32, encoding='linear')
   p0, p1 = default.init(key, m)['params'], explicit.init(key, m)['params']
   jax.tree.map(np.testing.assert_array_equal, p0, p1)
   h = jax.nn.gelu(m @ p0['fc1']['kernel'] + p0['fc1']['bias'], approximate=False)

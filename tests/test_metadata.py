@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stssl_jax import metadata
+from stssl_jax.models import meta_encoder
 
 _FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'parity' / 'metadata_encoding.npz'
 
@@ -93,7 +94,7 @@ def test_switches():
 
 
 def test_encoder_shapes_and_torch_init():
-  enc = metadata.MetadataEncoder(dim=384)
+  enc = meta_encoder.MetadataEncoder(dim=384)
   m = jnp.ones((3, 4))
   params = enc.init(jax.random.key(0), m)['params']
   shapes = jax.tree.map(jnp.shape, params)
@@ -109,3 +110,29 @@ def test_encoder_shapes_and_torch_init():
   h = m @ params['fc1']['kernel'] + params['fc1']['bias']
   h = jax.nn.gelu(h, approximate=False)
   np.testing.assert_allclose(out, h @ params['fc2']['kernel'] + params['fc2']['bias'], rtol=1e-5)
+
+
+def test_data_layer_imports_no_flax():
+  """The pipeline and data_prep stand below the models: importing them pulls in no flax."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys; import stssl_jax.data.pipeline, stssl_jax.metadata, data_prep.eurosat, '
+          'data_prep.bigearthnet; '
+          'bad = sorted(m for m in sys.modules if m == "flax" or m.startswith("flax."));'
+          'print(len(bad)); assert not bad, bad[:5]; '
+          'assert "stssl_jax.data.pipeline" in sys.modules')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                       cwd=__import__('pathlib').Path(__file__).parent.parent)
+  assert out.returncode == 0 and out.stdout.strip() == '0', out.stderr[-2000:]
+
+
+def test_location_decode_inverts_encode():
+  lat, lon = np.array([-89.5, 0.0, 48.1371, 90.0]), np.array([179.9, -180.0, 11.5754, 0.0])
+  m = metadata.encode(lat, lon, ['2017-06-01'] * 4)
+  assert m.shape == (4, metadata.META_DIM)
+  got_lat, got_lon = metadata.decode_location(m)
+  np.testing.assert_allclose(got_lat, lat, atol=1e-5)
+  np.testing.assert_allclose(got_lon, lon, atol=1e-4)
+  moved = metadata.encode_location(m, got_lat + 1.0, got_lon)
+  np.testing.assert_array_equal(moved[:, 1:], m[:, 1:])
+  np.testing.assert_allclose(moved[:, 0], (lat + 1.0) / 90.0, rtol=1e-6)

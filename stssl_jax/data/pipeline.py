@@ -370,7 +370,7 @@ def eval_batches_from_source(config: ml_collections.ConfigDict,
     recs = _read(source, [k * b + j for j in rows if k * b + j < total])
     batch = {'image': np.zeros((len(rows), size, size, t.channels), np.float32),
              'label': np.zeros((len(rows),) + label.shape, label_dtype),
-             'meta': np.zeros((len(rows), 4), np.float32),
+             'meta': np.zeros((len(rows), metadata.META_DIM), np.float32),
              'mask': np.arange(len(rows)) < len(recs)}
     for f in text:
       batch[f + TEXT_SUFFIX] = np.zeros((len(rows), TEXT_BYTES), np.uint8)

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -56,14 +55,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
-from stssl_jax import faults
+from stssl_jax import faults, metadata
 
 SCHEMA_VERSION = 1
 VERSION = f'{SCHEMA_VERSION}.0.0'  # TFDS version directory of this schema.
 TFDS_PREFIX = 'stssl_'  # On-disk (TFDS builder) names: stssl_eurosat, stssl_bigearthnet, ...
 FEATURE_KEYS = ('image', 'label', 'lat', 'lon', 'date', 'filename', 'index')
-# METHOD 1.1: the date is parsed leniently, single-digit month/day/hour accepted.
-_DATE_RE = re.compile(r'^\d{4}-\d{1,2}-\d{1,2} \d{1,2}:\d{2}:\d{2}$')
 _IMAGE_DTYPES = ('uint8', 'uint16')
 _IMAGE_ENCODINGS = ('none', 'bytes', 'zlib')  # tfds.features.Tensor encodings.
 # load_info keys whose JSON object keys are numbers (label counts or label fractions).
@@ -173,8 +170,9 @@ def encode(example: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
   if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180):
     raise ValueError(f'Record {name!r}: lat/lon ({lat}, {lon}) are not WGS84 degrees')
   date = example['date']
-  if not isinstance(date, str) or (date and not _DATE_RE.match(date)):
-    raise ValueError(f"Record {name!r}: date {date!r} is neither '' nor 'YYYY-MM-DD HH:MM:SS'")
+  # The one date grammar is metadata's (METHOD 1.1: lenient, single-digit month/day).
+  if not isinstance(date, str) or (date and not metadata.is_date(date)):
+    raise ValueError(f"Record {name!r}: date {date!r} is neither '' nor 'YYYY-M-D[ HH:MM:SS]'")
   if not isinstance(name, str) or not name:
     raise ValueError(f'Record {name!r}: filename must be a non-empty string')
   rec = {'image': image, 'label': label, 'lat': np.float32(lat), 'lon': np.float32(lon),

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from stssl_jax import algorithms, metadata
-from stssl_jax.models import vit
+from stssl_jax.models import meta_encoder, vit
 
 Dtype = Any
 Feats = dict[str, jax.Array]
@@ -90,7 +90,7 @@ class TeacherBranch(nn.Module):
     width = vit.get_variant(self.variant)['width']
     token, feats = None, {}
     if meta is not None:
-      embed = metadata.MetadataEncoder(width, self.dtype, self.meta_encoding,
+      embed = meta_encoder.MetadataEncoder(width, self.dtype, self.meta_encoding,
                                        self.meta_encoding_params, name='meta_encoder')(meta)
       p_t = self.param('meta_token', _token_init, (1, 1, width))
       token = embed[:, None, :] + jnp.asarray(p_t, embed.dtype)
@@ -143,7 +143,7 @@ class STSSLModel(nn.Module):
     aux_head: also build the teacher backbone's own (untrained) classifier,
       params['teacher']['aux_head'] (only STSSL-CDMAD's released bias reads it, METHOD 7.5).
     with_student: build the student; False for `st_supervised` (teacher branch alone).
-    meta_encoding: the metadata encoder's featurizer, a kind in `metadata.ENCODINGS`
+    meta_encoding: the metadata encoder's featurizer, a kind in `meta_encoder.ENCODINGS`
       ('linear': the released model).
     meta_encoding_params: that kind's params (None: its defaults).
   """
@@ -172,7 +172,8 @@ class STSSLModel(nn.Module):
 
     Args:
       x: [B, H, W, C] images.
-      meta: [B, 4] encoded metadata (`metadata.encode`), or None to leave the metadata token
+      meta: [B, 4] encoded metadata (`stssl_jax.metadata.encode`), or None to leave the
+        metadata token
         out (CDMAD's blank-image bias; then feats['meta'] is the last patch token).
       train: enables drop-path (needs the 'dropout' rng when drop_path > 0).
       return_tokens: also return feats['tokens'] (diagnostics / parity tests).
@@ -223,11 +224,21 @@ def meta_encoding_params(config) -> tuple[str, dict[str, Any]]:
   """
   kind = config.model.get('meta_encoding', 'linear')
   if kind not in _ENCODING_FIELDS:
-    raise ValueError(f'config.model.meta_encoding must be one of {metadata.ENCODINGS}, got '
+    raise ValueError(f'config.model.meta_encoding must be one of {meta_encoder.ENCODINGS}, '
+                     'got '
                      f'{kind!r}')
   params = {p: config.model[f] for f, p in _ENCODING_FIELDS[kind].items() if f in config.model}
-  metadata.num_features(kind, **params)  # Validates the values (e.g. degree >= 0).
+  meta_encoder.num_features(kind, **params)  # Validates the values (e.g. degree >= 0).
   return kind, params
+
+
+def init_inputs(config, algo=None) -> tuple:
+  """Dummy inputs for `model.init`: (image [1, S, S, C],) or, with metadata, (image, meta
+  [1, META_DIM]); zeros, float32."""
+  algo = algo or algorithms.get(config.algorithm)
+  s = config.data.image_size
+  x = jnp.zeros((1, s, s, config.data.num_channels), jnp.float32)
+  return (x, jnp.zeros((1, metadata.META_DIM), jnp.float32)) if algo.uses_meta else (x,)
 
 
 def build_model(config) -> nn.Module:
