@@ -42,10 +42,10 @@ def analytic(config) -> dict:
   """Analytic FLOPs per step: ours (weak forward outside the gradient) and the original's."""
   b_l, b_u, s = config.batch_size, config.batch_size * config.uratio, config.data.image_size
   stssl = algorithms.get(config.algorithm).stssl
-  f_t = vit_forward_flops(config.model.variant, s, 1 if stssl else 0)
+  f_t = vit_forward_flops(vit.variant_of(config.model), s, 1 if stssl else 0)
   if not stssl:
     return {'ours': f_t * (b_u + 3 * (b_l + b_u)), 'original': 3 * f_t * (b_l + 2 * b_u)}
-  f_s = vit_forward_flops(config.model.variant, s, 1 if config.distill != 'none' else 0)
+  f_s = vit_forward_flops(vit.variant_of(config.model), s, 1 if config.distill != 'none' else 0)
   ours = f_t * b_u + 3 * f_t * (b_l + b_u) + 3 * f_s * (b_l + b_u)
   original = 3 * f_t * (b_l + 2 * b_u) + 3 * f_s * (b_l + b_u)
   return {'ours': ours, 'original': original}

@@ -43,6 +43,9 @@ def get_config(arg=None):
   # ---- Model -----------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.variant = 'S/2'  # ViT registry name: Ti/S/B with patch 2/4/16 (see models/vit.py).
+  # Explicit dims; each one set (> 0) replaces the variant's value (e.g. variant 'S/16' with
+  # depth 6), so a custom ViT needs no code: models.vit.variant_of(config.model).
+  c.model.patch = c.model.width = c.model.depth = c.model.heads = c.model.mlp_dim = 0
   c.model.num_classes = 10  # C.
   c.model.drop_path = 0.2  # Max stochastic-depth rate (block i gets rate * i / (depth - 1)).
   c.model.init_from = ''  # Optional pretrained checkpoint (.npz of converted params).

@@ -53,6 +53,21 @@ def diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
           for k in sorted(set(a) | set(b)) if a.get(k, '<absent>') != b.get(k, '<absent>')}
 
 
+def _defaults() -> dict[str, Any]:
+  from configs import default  # pylint: disable=g-import-not-at-top
+  return flatten(config_dict(default.get_config()))
+
+
+def _drop_new_defaults(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+  """Without fields that a newer version added with their default value: a workdir started
+  before a field existed resumes unchanged."""
+  if not any(o == '<absent>' for o, _ in changes.values()):
+    return changes
+  defaults = _defaults()
+  return {k: (o, n) for k, (o, n) in changes.items()
+          if not (o == '<absent>' and k in defaults and defaults[k] == n)}
+
+
 def _fmt(changes: dict[str, tuple[Any, Any]]) -> str:
   return ', '.join(f'{k}: {o!r} -> {n!r}' for k, (o, n) in changes.items())
 
@@ -82,7 +97,7 @@ def guard_config(workdir: str, config, step: int, allow_change: bool = False,
   """
   new = config_dict(config)
   old = stored_config(workdir)
-  changes = diff(old, new) if old is not None else {}
+  changes = _drop_new_defaults(diff(old, new)) if old is not None else {}
   blocked = {k: v for k, v in changes.items() if not _allowed(k)}
   if blocked and not allow_change:
     raise ConfigChanged(

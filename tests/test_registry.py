@@ -71,3 +71,31 @@ def test_hooks_are_resolved_once_and_checked():
   broken.State, broken.init_state = tuple, lambda *a: ()
   with pytest.raises(TypeError, match='broken_algo lacks loss_terms, make_targets'):
     common.hooks(broken)
+
+
+def test_explicit_vit_dims_override_the_named_variant(tmp_path):
+  from stssl_jax.models import stssl as models, vit  # pylint: disable=g-import-not-at-top
+  from stssl_jax import workdir  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  c = test_config.get_config('fixmatch')
+  assert vit.variant_of(c.model) == 'test'
+  c.model.depth, c.model.width, c.model.heads = 1, 48, 3
+  name = vit.variant_of(c.model)
+  assert name == 'p4-w48-d1-h3-m128' and vit.get_variant(name)['width'] == 48
+  params = jax.eval_shape(lambda: models.build_model(c).init(
+      jax.random.PRNGKey(0), *models.init_inputs(c))['params'])
+  blocks = [k for k in params['backbone'] if k.startswith('block_')]
+  assert blocks == ['block_0'] and params['head']['kernel'].shape == (48, 10)
+  c.model.heads = 5
+  with pytest.raises(KeyError, match='divisible by heads'):
+    vit.variant_of(c.model)
+  # A workdir from before these fields existed resumes: absent-and-default is no change.
+  old = workdir.config_dict(test_config.get_config('fixmatch'))
+  for k in vit.DIMS:
+    del old['model'][k]
+  (tmp_path / 'config.json').write_text(__import__('json').dumps(old))
+  assert workdir.guard_config(str(tmp_path), test_config.get_config('fixmatch'), 2) == {}
+  c = test_config.get_config('fixmatch')
+  c.model.depth = 1
+  with pytest.raises(workdir.ConfigChanged, match="model.depth: '<absent>' -> 1"):
+    workdir.guard_config(str(tmp_path), c, 2)

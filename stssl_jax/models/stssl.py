@@ -260,7 +260,7 @@ def build_model(config) -> nn.Module:
     An unbound flax module.
   """
   dtype = _DTYPES[config.dtype] if isinstance(config.dtype, str) else config.dtype
-  kwargs = dict(variant=config.model.variant, num_classes=config.model.num_classes,
+  kwargs = dict(variant=vit.variant_of(config.model), num_classes=config.model.num_classes,
                 drop_path=config.model.drop_path, dtype=dtype)
   algo = algorithms.get(config.algorithm)
   if not algo.uses_meta:

@@ -13,6 +13,7 @@ the computation follows the inputs and params, so float64 params and inputs (par
 `jax_enable_x64`) run in float64 end to end.
 """
 
+import re
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -37,15 +38,44 @@ VARIANTS['XXS/4'] = dict(patch=4, width=64, depth=4, heads=2, mlp_dim=256)
 VARIANTS['test'] = dict(patch=4, width=32, depth=2, heads=2, mlp_dim=128)
 
 
+DIMS = ('patch', 'width', 'depth', 'heads', 'mlp_dim')
+_SPEC = re.compile(r'^p(\d+)-w(\d+)-d(\d+)-h(\d+)-m(\d+)$')
+
+
+def spec_name(dims: dict) -> str:
+  """'p4-w32-d2-h2-m128': a variant name that is its own definition (no registration)."""
+  return 'p{patch}-w{width}-d{depth}-h{heads}-m{mlp_dim}'.format(**dims)
+
+
 def get_variant(name: str) -> dict:
-  """Returns a copy of the registered variant `name` (e.g. 'S/2').
+  """Returns a copy of the variant `name`: registered (e.g. 'S/2') or explicit ('p4-w32-...').
 
   Raises:
-    KeyError: `name` is not registered; the message lists the registered names.
+    KeyError: `name` is neither; the message lists the registered names.
   """
+  match = _SPEC.match(name)
+  if match:
+    dims = dict(zip(DIMS, (int(g) for g in match.groups())))
+    if min(dims.values()) < 1 or dims['width'] % dims['heads']:
+      raise KeyError(f'ViT variant {name!r}: every dim must be >= 1 and width divisible by '
+                     'heads')
+    return dims
   if name not in VARIANTS:
-    raise KeyError(f'Unknown ViT variant {name!r}; registered: {sorted(VARIANTS)}')
+    raise KeyError(f'Unknown ViT variant {name!r}; registered: {sorted(VARIANTS)}, or explicit '
+                   'dims: config.model.patch/width/depth/heads/mlp_dim')
   return dict(VARIANTS[name])
+
+
+def variant_of(model_config) -> str:
+  """The variant a `config.model` describes: `variant`, with any of `patch`, `width`, `depth`,
+  `heads`, `mlp_dim` that are set (> 0) replacing the named variant's value."""
+  dims = get_variant(model_config.variant)
+  changed = {k: int(model_config[k]) for k in DIMS if int(model_config.get(k, 0) or 0) > 0}
+  if not changed or all(dims[k] == v for k, v in changed.items()):
+    return model_config.variant
+  name = spec_name({**dims, **changed})
+  get_variant(name)  # Validates the combination.
+  return name
 
 
 # PyTorch nn.Linear / nn.Conv2d default init: kaiming_uniform(a=sqrt(5)) gives a weight bound
