@@ -4,7 +4,7 @@ Batch keys (STYLE habit 7), global shapes:
   lb_image [B_l, S, S, 3], lb_label [B_l] (or [B_l, C]), lb_meta [B_l, 4],
   lb_image_strong [B_l, S, S, 3] (only for algorithms that need 'lb_strong': DeFixMatch),
   ulb_image_weak / ulb_image_strong [B_u, S, S, 3], ulb_meta [B_u, 4],
-  ulb_label [B_u] (true labels: diagnostics only, never in a loss).
+  ulb_label [B_u] (optional; true labels: diagnostics only, never in a loss).
 
 Rows of the differentiated forwards: labeled `[x_l]` (or `[x_l; x_l,s]`), then the strong
 unlabeled views; the STSSL teacher sees them with metadata, the student without. The
@@ -118,6 +118,8 @@ def make_targets(state: TrainState, batch, rng, *, model, algo, config):
                                              config))
   algo_state, targets, metrics = algo.base.make_targets(state.algo_state, logits[n_lb:], config,
                                                         state.step, extras)
+  if 'ulb_label' not in batch:  # A truly unlabeled pool: no pseudo-label diagnostics.
+    return algo_state, targets, metrics
   source = 'teacher' if algo.uses_meta else 'image_only'
   metrics.update(pl_quality.flatten(source, _pl_counts(targets, batch['ulb_label'], config)))
   if algo.stssl and config.image_only_pl_every > 0:

@@ -83,26 +83,60 @@ def _lb_prevalence(config, info):
   return None
 
 
-def create_state(config, model, algo, rng, mesh, lb_prevalence=None):
-  """Initial TrainState, replicated over the mesh, and the optimizer/schedule.
+def state_from_params(config, params, algo=None, rng=None, mesh=None, lb_prevalence=None,
+                      abstract=False):
+  """A step-0 TrainState around given params (e.g. converted or pretrained weights).
 
-  lb_prevalence: [C] labeled-set class prevalence, for the algorithms whose state needs it
-  (multi-label SoftMatch, UDAL, CAP).
+  The EMA starts as a copy of `params`, the AdamW state fresh, the algorithm state from
+  `config`; `rng` (default PRNGKey(config.seed)) is the base key of the per-step keys.
+
+  Args:
+    config: run config.
+    params: param pytree of `models.build_model(config)`, arrays (or ShapeDtypeStructs with
+      `abstract`).
+    algo: algorithms.Algorithm (default: from config.algorithm).
+    rng: PRNG key.
+    mesh: replicate the state over this mesh (default: leave it where `params` are).
+    lb_prevalence: [C] labeled-set class prevalence (multi-label SoftMatch, UDAL, CAP).
+    abstract: return ShapeDtypeStructs only (`jax.eval_shape`): what a restore needs.
+  Returns:
+    (TrainState, optax transformation, LR schedule).
   """
-  init_rng, state_rng = jax.random.split(rng)
-  args = models.init_inputs(config, algo)
-  repl = NamedSharding(mesh, P())
-  params = jax.jit(lambda k: model.init(k, *args, train=False)['params'],
-                   out_shardings=repl)(init_rng)
+  algo = algo or algorithms.get(config.algorithm)
+  rng = jax.random.PRNGKey(config.seed) if rng is None else rng
   tx, schedule = optim.make_optimizer(config, params, algo.uses_meta)
   algo_state = algo.base.init_state(config, config.model.num_classes, lb_prevalence)
 
   def build(params):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                      opt_state=tx.init(params), algo_state=algo_state, rng=state_rng)
-  state = jax.jit(build, out_shardings=repl)(params)
-  return state, tx, schedule
+                      opt_state=tx.init(params), algo_state=algo_state, rng=rng)
+  if abstract:
+    state = jax.eval_shape(build, params)
+    if mesh is not None:
+      repl = NamedSharding(mesh, P())
+      state = checkpoint.abstract_like(state, jax.tree_util.tree_map(lambda _: repl, state))
+    return state, tx, schedule
+  if mesh is None:
+    return jax.jit(build)(params), tx, schedule
+  return jax.jit(build, out_shardings=NamedSharding(mesh, P()))(params), tx, schedule
+
+
+def create_state(config, model, algo, rng, mesh, lb_prevalence=None, abstract=False):
+  """Initial TrainState, replicated over the mesh, and the optimizer/schedule.
+
+  lb_prevalence: [C] labeled-set class prevalence, for the algorithms whose state needs it
+  (multi-label SoftMatch, UDAL, CAP). abstract: shapes, dtypes and shardings only (no
+  random init is computed), for a restore that follows.
+  """
+  init_rng, state_rng = jax.random.split(rng)
+  args = models.init_inputs(config, algo)
+  init = lambda k: model.init(k, *args, train=False)['params']
+  if abstract:
+    params = jax.eval_shape(init, init_rng)
+  else:
+    params = jax.jit(init, out_shardings=NamedSharding(mesh, P()))(init_rng)
+  return state_from_params(config, params, algo, state_rng, mesh, lb_prevalence, abstract)
 
 
 def make_eval_fn(model, algo, config, out_sharding):
@@ -201,16 +235,17 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
   workdir_lib.guard_config(workdir, config, resume_step, allow_config_change, write=False)
   os.makedirs(workdir, exist_ok=True)
   model = models.build_model(config)
-  state, tx, schedule = create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh,
-                                     _lb_prevalence(config, info))
   train_iter = pipeline.train_iterator(config)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   progress = {'best_metric': -math.inf, 'best_step': 0, 'stopped_early': False}
+  resuming = ckpt.latest_step() is not None
+  # A restore overwrites every leaf: it needs only shapes, not a random initialisation.
+  state, tx, schedule = create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh,
+                                     _lb_prevalence(config, info), abstract=resuming)
 
-  if ckpt.latest_step() is not None:
-    shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  if resuming:
     try:
-      state, progress = ckpt.restore(checkpoint.abstract_like(state, shardings), train_iter)
+      state, progress = ckpt.restore(state, train_iter)
     except checkpoint.RestoreMismatch as e:
       ckpt.close()
       raise checkpoint.RestoreMismatch(
@@ -264,6 +299,9 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
 
   start = int(state.step)
   pending, t_log, final = [], time.time(), {}
+  # steps/s counts the steps since the last log (fewer after a resume) over the time spent
+  # training them: evaluation and checkpoint saves in between are not train time.
+  last_log, t_other = start, 0.0
   try:
     for step in range(start, config.num_steps):
       if progress['stopped_early']:
@@ -283,16 +321,19 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
         halt_if_nonfinite()
         avg = {f'train/{k}': float(v) for k, v in pl_quality.summarize(avg).items()}
         avg['train/lr'] = float(schedule(done - 1))
-        elapsed = time.time() - t_log
-        avg['train/steps_per_sec'] = config.log_every / max(elapsed, 1e-9)
-        t_log = time.time()
+        elapsed = time.time() - t_log - t_other
+        avg['train/steps_per_sec'] = (done - last_log) / max(elapsed, 1e-9)
+        t_log, t_other, last_log = time.time(), 0.0, done
         _log(writer, workdir, done, avg)
         eta = (config.num_steps - done) / max(avg['train/steps_per_sec'], 1e-9)
         logging.info('step %d/%d loss %.4f (%.2f steps/s, ETA %s)', done, config.num_steps,
                      avg['train/loss'], avg['train/steps_per_sec'], _fmt_eta(eta))
 
       if done % config.eval_every == 0 or done == config.num_steps:
+        halt_if_nonfinite()  # Waits for the queued steps: their time stays train time.
+        t0 = time.time()
         final = run_eval(done)
+        t_other += time.time() - t0
         if done - progress['best_step'] >= config.patience:
           progress['stopped_early'] = True
           logging.info('Early stop at step %d (best %.4f at %d)', done,
@@ -302,8 +343,10 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
       stop_now = config.max_steps_this_run > 0 and done - start >= config.max_steps_this_run
       if done % config.checkpoint_every == 0 or last or stop_now:
         halt_if_nonfinite()
+        t0 = time.time()
         ckpt.save(done, state, train_iter, dict(progress))
         faults.point('after_save', done, settle=ckpt.wait)
+        t_other += time.time() - t0
       if stop_now:
         break
     if not final and (int(state.step) >= config.num_steps or progress['stopped_early']):

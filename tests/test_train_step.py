@@ -207,3 +207,31 @@ def test_cdmad_eval_subtracts_the_teachers_blank_image_bias(bias_head):
       np.testing.assert_array_equal(x, y)
     assert not np.array_equal(state.params['teacher']['head']['kernel'],
                               new.params['teacher']['head']['kernel'])
+
+
+def test_unlabeled_pool_without_true_labels_trains_identically():
+  """`ulb_label` feeds only the pseudo-label diagnostics: without it the step runs and its
+  losses and new params are the same bit for bit; only the pl_counts metrics are absent."""
+  config = test_config.get_config('stssl_fixmatch')
+  config.warmup_steps, config.image_only_pl_every = 0, 1
+  algo = algorithms.get(config.algorithm)
+  model = models.build_model(config)
+  params = jax.jit(lambda k: model.init(k, *models.init_inputs(config), train=False)['params'])(
+      jax.random.PRNGKey(3))
+  state, tx, _ = train.state_from_params(config, params, algo)
+  # The state built from given params starts from exactly them, EMA included.
+  for a, b in zip(_leaves(params), _leaves(state.ema_params)):
+    np.testing.assert_array_equal(a, b)
+  assert int(state.step) == 0 and int(state.first_nonfinite) == -1
+  step = jax.jit(steps.make_train_step(model=model, algo=algo, config=config, tx=tx))
+  batch = synthetic_batch(config)
+  with_labels, m1 = step(state, batch)
+  without, m2 = step(state, {k: v for k, v in batch.items() if k != 'ulb_label'})
+  assert any(k.startswith('pl_counts/') for k in m1)
+  assert {k for k in m1 if not k.startswith('pl_counts/')} == set(m2)
+  for k in m2:
+    np.testing.assert_array_equal(m1[k], m2[k], err_msg=k)
+  moved = [not np.array_equal(a, b) for a, b in zip(_leaves(params), _leaves(without.params))]
+  assert sum(moved) > len(moved) // 2
+  for a, b in zip(_leaves(with_labels), _leaves(without)):
+    np.testing.assert_array_equal(a, b)
