@@ -258,10 +258,10 @@ def build_step(opts):
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.join(ROOT, 'bench'))
   import step as step_bench  # pylint: disable=g-import-not-at-top
-  from stssl_jax import algorithms, steps, train  # pylint: disable=g-import-not-at-top
+  from stssl_jax import algorithms, evaluate, steps, train  # pylint: disable=g-import-not-at-top
   from stssl_jax.models import stssl as models  # pylint: disable=g-import-not-at-top
   cfg = _load_config(opts['config'], opts['variant'], opts.get('dtype'))
-  mesh = train.make_mesh()
+  mesh = evaluate.make_mesh()
   algo = algorithms.get(cfg.algorithm)
   model = models.build_model(cfg)
   state, tx, _ = train.create_state(cfg, model, algo, jax.random.PRNGKey(0), mesh)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags  # pylint: disable=unused-import
 
-from stssl_jax import algorithms, steps, train
+from stssl_jax import algorithms, evaluate, steps, train
 from stssl_jax.models import stssl as models, vit
 
 
@@ -76,7 +76,7 @@ def batch_for(config):
 
 
 def measure(config, timed_steps: int) -> dict:
-  mesh = train.make_mesh()
+  mesh = evaluate.make_mesh()
   algo = algorithms.get(config.algorithm)
   model = models.build_model(config)
   state, tx, _ = train.create_state(config, model, algo, jax.random.PRNGKey(0), mesh)

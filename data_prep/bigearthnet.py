@@ -65,7 +65,7 @@ from rasterio.enums import Resampling
 from data_prep import bigearthnet_labels as labels_lib
 from data_prep import bigearthnet_lists as lists_lib
 from data_prep import common
-from data_prep import regions
+from stssl_jax import regions
 from data_prep import shards
 from stssl_jax.data import records
 
@@ -313,7 +313,7 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
     keep_no19: keep patches without a 19-class target (label19 all zero).
     overwrite: rebuild an existing dataset.
     holdout_countries: countries (names or ISO codes) moved from every split into the split
-      `heldout` (needs `metadata`; data_prep/regions.py).
+      `heldout` (needs `metadata`; stssl_jax/regions.py).
     holdout_seasons: seasons (Winter, Spring, Summer, Fall) held out likewise.
     holdout_match: 'any' (either list) or 'all' (both) when both lists are given.
 

@@ -36,7 +36,8 @@ import rasterio.warp
 import tqdm
 import yaml
 
-from data_prep import common, regions
+from data_prep import common
+from stssl_jax import regions
 from stssl_jax.data import records
 
 RGB_EXTS = ('.jpg', '.jpeg')

@@ -36,6 +36,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from data_prep import common
+from stssl_jax import atomic
 from stssl_jax.data import records
 
 _WRITER_OPTIONS = 'group_size:1'  # What TFDS uses: one record per chunk, fast random access.
@@ -81,10 +82,7 @@ def _paths(work: pathlib.Path, task: Task) -> tuple[pathlib.Path, pathlib.Path]:
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
   """Writes JSON atomically: readers see the old file, no file, or the complete new one."""
-  tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
+  atomic.write_json(os.fspath(path), obj)
 
 
 def _run_task(args) -> tuple[Task, int]:

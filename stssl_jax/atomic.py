@@ -2,7 +2,11 @@
 
 import csv
 import io
+import json
 import os
+from typing import Any
+
+import numpy as np
 
 
 def write_text(path: str, text: str) -> str:
@@ -21,3 +25,16 @@ def write_csv(path: str, rows: list[dict]) -> str:
   w.writeheader()
   w.writerows(rows)
   return write_text(path, buf.getvalue())
+
+
+def write_json(path: str, obj: Any, **kw) -> str:
+  """json.dump of `obj` to `path`, atomically."""
+  return write_text(path, json.dumps(obj, **kw))
+
+
+def write_npz(path: str, **arrays) -> str:
+  """np.savez of `arrays` to `path` (which should end in .npz), atomically."""
+  tmp = os.path.join(os.path.dirname(path) or '.', f'.{os.path.basename(path)}.tmp.npz')
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+  return path

@@ -348,7 +348,7 @@ def with_countries(arrays: dict) -> dict:
   if 'country' in arrays or 'lat' not in arrays or not len(arrays['lat']):
     return arrays
   try:
-    from data_prep import regions  # pylint: disable=g-import-not-at-top
+    from stssl_jax import regions  # pylint: disable=g-import-not-at-top
     codes = regions.country_codes(arrays['lat'], arrays['lon'])
   except (ImportError, ValueError):  # No offline geocoder: no per-country table.
     return arrays
@@ -449,9 +449,9 @@ def _regions(config: dict, heldout: dict) -> dict[str, str]:
     return {}
   data = config.get('data', {})
   try:
-    from stssl_jax import shift_eval  # pylint: disable=g-import-not-at-top
+    from stssl_jax import regions  # pylint: disable=g-import-not-at-top
     from stssl_jax.data import records  # pylint: disable=g-import-not-at-top
-    return shift_eval.region_names(records.load_info(data['data_dir'], data['name']))
+    return regions.region_names(records.load_info(data['data_dir'], data['name']))
   except (OSError, KeyError, ValueError, ImportError):
     return {}
 

@@ -15,7 +15,6 @@ The shifts act on the encoded 4-vector m = [lat/90, lon/180, sin t, cos t] exact
 raw lat/lon/date had been changed before encoding (METHOD 1.1).
 """
 
-import ast
 import os
 
 import jax
@@ -24,7 +23,7 @@ import numpy as np
 
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from stssl_jax import algorithms, atomic, checkpoint, metadata, report_plots, train
+from stssl_jax import algorithms, atomic, checkpoint, evaluate, metadata, regions, report_plots
 from stssl_jax.data import pipeline
 from stssl_jax.models import stssl as models
 
@@ -91,10 +90,10 @@ def run(config, workdir: str) -> list[dict]:
   algo = algorithms.get(config.algorithm)
   model = models.build_model(config)
   params, source, step = _load_params(config, workdir, model, algo)
-  mesh = train.make_mesh()
+  mesh = evaluate.make_mesh()
   repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   params = jax.device_put(params, repl)
-  eval_fn = train.make_eval_fn(model, algo, config, repl)
+  eval_fn = evaluate.make_eval_fn(model, algo, config, repl)
   info = pipeline.dataset_info(config)
   splits = [config.data.eval_split] + sorted(s for s in info['splits'] if s.startswith('heldout'))
   key = 'macro_map' if config.multilabel else 'top1'
@@ -107,44 +106,23 @@ def run(config, workdir: str) -> list[dict]:
     for name, branch, shift in variants(config, algo.stssl):
       # Per-sample predictions of the unshifted models feed the report's maps and
       # per-country tables, out of region included.
-      summary, arrays = train.evaluate(params, eval_fn, config, split, branch, data_sh,
+      summary, arrays = evaluate.evaluate(params, eval_fn, config, split, branch, data_sh,
                                        collect=not shift, num_updates=jnp.int32(step),
                                        meta_fn=lambda m, shift=shift: shift_meta(m, **shift))
       if arrays is not None and jax.process_index() == 0:
-        train.save_predictions(os.path.join(out_dir, f'predictions_{split}_{branch}.npz'),
-                               step=step, split=split, **arrays)
+        evaluate.save_predictions(os.path.join(out_dir, f'predictions_{split}_{branch}.npz'),
+                                  step=step, split=split, **arrays)
       rows.append({'split': split, 'model': name, key: summary[key],
                    second: summary[second], 'loss': summary['loss']})
-  _write(rows, key, second, out_dir, source, region_names(info))
+  _write(rows, key, second, out_dir, source, regions.region_names(info))
   return rows
 
 
-def region_names(info: dict) -> dict[str, str]:
-  """{split: 'in region' or 'out of region: <what was held out>'} from the dataset info.
-
-  EuroSAT's prep record has holdout_countries/holdout_box; BigEarthNet's info has
-  holdout.settings {countries, seasons, match}.
-  """
-  prep = info.get('prep') or {}
-  if isinstance(prep, str):  # Older TFDS metadata stored nested values as their repr.
-    try:
-      prep = ast.literal_eval(prep)
-    except (ValueError, SyntaxError):
-      prep = {}
-  ben = (info.get('holdout') or {}).get('settings') or {}
-  held = [', '.join(prep.get('holdout_countries') or []), prep.get('holdout_box') or '',
-          ', '.join(ben.get('countries') or []), ', '.join(ben.get('seasons') or [])]
-  held = [h for h in held if h]
-  joiner = ' and ' if ben.get('match') == 'all' else '; '
-  what = 'out of region' + (f': {joiner.join(held)}' if held else '')
-  return {s: what if s.startswith('heldout') else 'in region' for s in info.get('splits', {})}
-
-
-def _write(rows, key, second, out_dir, source, regions=None):
+def _write(rows, key, second, out_dir, source, names=None):
   os.makedirs(out_dir, exist_ok=True)
   atomic.write_csv(os.path.join(out_dir, 'shift_eval.csv'), rows)
-  regions = regions or {}
-  where = lambda s: regions.get(s, 'out of region' if s.startswith('heldout') else 'in region')
+  names = names or {}
+  where = lambda s: names.get(s, 'out of region' if s.startswith('heldout') else 'in region')
   lines = [f'Metadata-shift evaluation ({source}); metrics: {key}, {second}.', '',
            f'| split | region | model | {key} | {second} | loss |', '|---|---|---|---|---|---|']
   lines += [f'| {r["split"]} | {where(r["split"])} | {r["model"]} | {r[key]:.4f} | '

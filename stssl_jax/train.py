@@ -14,25 +14,13 @@ from clu import metric_writers, periodic_actions
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from stssl_jax import algorithms, atomic, checkpoint, faults, metrics as metrics_lib, optim
-from stssl_jax import metadata, pl_quality, steps, workdir as workdir_lib
-from stssl_jax import metrics_multilabel as metrics_ml
+from stssl_jax import algorithms, atomic, checkpoint, evaluate, faults, optim, pl_quality
+from stssl_jax import steps, workdir as workdir_lib
 from stssl_jax.data import pipeline
 from stssl_jax.models import convert, posemb, stssl as models
 from stssl_jax.train_state import TrainState
-
-
-def make_mesh(devices=None) -> Mesh:
-  """1-D ('data',) mesh over every device of every process (STYLE habit 5)."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
-
-
-def _global_batch(local: dict, sharding) -> dict:
-  """Assembles per-process numpy batches into one global array per key."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
 
 
 # Sizes that must be positive: (config field, description).
@@ -139,67 +127,6 @@ def create_state(config, model, algo, rng, mesh, lb_prevalence=None, abstract=Fa
   return state_from_params(config, params, algo, state_rng, mesh, lb_prevalence, abstract)
 
 
-def make_eval_fn(model, algo, config, out_sharding):
-  """jitted (params, batch, branch, gather, num_updates) -> stats [and gathered rows]."""
-  def eval_impl(params, batch, branch, gather, num_updates):
-    # One forward serves both the on-device statistics and the gathered logits.
-    logits = steps.eval_logits(params, batch, model=model, algo=algo, config=config,
-                               branch=branch, num_updates=num_updates)
-    out = {} if config.multilabel else steps.eval_stats(logits, batch)
-    if gather:
-      out.update(logits=logits, label=batch['label'], mask=batch['mask'], meta=batch['meta'])
-      out.update({k: v for k, v in batch.items() if k.endswith(pipeline.TEXT_SUFFIX)})
-    return out
-  return jax.jit(eval_impl, static_argnums=(2, 3), out_shardings=out_sharding)
-
-
-def evaluate(params, eval_fn, config, split, branch, sharding, collect=False, num_updates=0,
-             meta_fn=None):
-  """Metrics of `params` on a whole split (padded batches, nothing dropped).
-
-  Single-label accumulates confusion counts on device; multi-label gathers the valid rows'
-  logits to the host, since AP needs every score. With `collect`, also returns the valid
-  rows' logits, labels, lat/lon (decoded from the metadata) and, where the records have
-  them, country/season (str [N]) for reports.
-
-  Returns:
-    (summary dict, arrays dict or None).
-  """
-  gather = config.multilabel or collect
-  acc, rows = None, {'logits': [], 'label': [], 'meta': []}
-  for batch in pipeline.eval_batches(config, split):
-    if meta_fn is not None:  # Metadata-shift evaluation (shift_eval.py).
-      batch = dict(batch, meta=meta_fn(batch['meta']))
-    if not collect:  # Text fields only serve the collected per-sample predictions.
-      batch = {k: v for k, v in batch.items() if not k.endswith(pipeline.TEXT_SUFFIX)}
-    out = eval_fn(params, _global_batch(batch, sharding), branch, gather, num_updates)
-    if gather:
-      keep = np.asarray(jax.device_get(out['mask']))
-      for k in out:
-        if k in ('logits', 'label', 'meta') or k.endswith(pipeline.TEXT_SUFFIX):
-          rows.setdefault(k, []).append(np.asarray(jax.device_get(out[k]))[keep])
-    if not config.multilabel:
-      stats = {k: out[k] for k in ('confusion', 'loss_sum', 'count')}
-      acc = stats if acc is None else jax.tree_util.tree_map(jnp.add, acc, stats)
-  arrays = None
-  if gather:
-    arrays = {k: np.concatenate(v) for k, v in rows.items()}
-    meta = arrays.pop('meta')
-    arrays['lat'], arrays['lon'] = metadata.decode_location(meta)
-    for k in [k for k in arrays if k.endswith(pipeline.TEXT_SUFFIX)]:
-      arrays[k[:-len(pipeline.TEXT_SUFFIX)]] = pipeline.decode_text(arrays.pop(k))
-  if config.multilabel:
-    summary = metrics_ml.summarize(arrays['logits'], arrays['label'], config.f1_threshold)
-  else:
-    acc = jax.device_get(acc)
-    summary = metrics_lib.summarize(acc['confusion'], acc['loss_sum'], acc['count'])
-  return summary, (arrays if collect else None)
-
-
-def _scalars(prefix, summary):
-  return {f'{prefix}/{k}': float(v) for k, v in summary.items() if np.ndim(v) == 0}
-
-
 def train_and_evaluate(config, workdir: str, return_state: bool = False,
                        allow_config_change: bool = False):
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
@@ -217,7 +144,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
     workdir.ConfigChanged, checkpoint.RestoreMismatch, ValueError: bad config or workdir.
   """
   check_sizes(config)
-  mesh = make_mesh()
+  mesh = evaluate.make_mesh()
   repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   algo = algorithms.get(config.algorithm)
   info = pipeline.dataset_info(config)
@@ -260,7 +187,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
   state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
   train_step = jax.jit(step_fn, in_shardings=(state_sh, data_sh),
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
-  eval_fn = make_eval_fn(model, algo, config, repl)
+  eval_fn = evaluate.make_eval_fn(model, algo, config, repl)
   image_branch = algo.eval_branch
 
   old_events = workdir_lib.event_files(workdir)
@@ -288,7 +215,8 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
     halt_if_nonfinite()
     faults.point('eval', done)
     with report.timed('eval'):
-      out = _evaluate_all(state, eval_fn, config, image_branch, algo, data_sh, workdir, done)
+      out = evaluate.evaluate_all(state, eval_fn, config, image_branch, algo, data_sh, workdir,
+                                  done)
     _log(writer, workdir, done, out)
     key = f'{image_branch}/' + ('macro_map' if config.multilabel else 'top1')
     if out[key] > progress['best_metric']:
@@ -309,7 +237,7 @@ def train_and_evaluate(config, workdir: str, return_state: bool = False,
       local = next(train_iter)
       if faults.point('batch', step + 1) == 'nan':
         local = dict(local, lb_image=np.full_like(local['lb_image'], np.nan))
-      state, m = train_step(state, _global_batch(local, data_sh))
+      state, m = train_step(state, evaluate.global_batch(local, data_sh))
       pending.append(m)
       done = step + 1
       report(done)
@@ -394,32 +322,6 @@ def _init_from(state, path):
   return state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params))
 
 
-def _evaluate_all(state, eval_fn, config, image_branch, algo, sharding, workdir, step):
-  """EMA model without metadata, and (STSSL) the EMA teacher with metadata, separately.
-
-  Scalars are returned for TensorBoard; the full summaries, confusion matrices included, go
-  to WORKDIR/eval/step_<step>.json, and the per-sample predictions of the latest evaluation
-  (logits, labels, lat/lon) to WORKDIR/eval/predictions_<branch>.npz for the run report.
-  """
-  split = config.data.eval_split
-  branches = [image_branch] + (['teacher'] if algo.stssl and config.eval_teacher else [])
-  full, out = {}, {}
-  main = jax.process_index() == 0
-  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-  for branch in branches:
-    summary, arrays = evaluate(state.ema_params, eval_fn, config, split, branch, sharding,
-                               collect=True, num_updates=state.step)
-    out.update(_scalars(branch, summary))
-    full[branch] = {k: np.asarray(v).tolist() for k, v in summary.items()}
-    if arrays is not None and main:
-      save_predictions(os.path.join(workdir, 'eval', f'predictions_{branch}.npz'), step=step,
-                    split=split, **arrays)
-  if main:
-    atomic.write_text(os.path.join(workdir, 'eval', f'step_{step}.json'),
-                      json.dumps({'step': step, 'split': split, **full}))
-  return out
-
-
 def interval_mean(pending: list[dict]) -> dict:
   """Host means over the steps of a logging interval, entry by entry (pseudo-label counts
   are per-class vectors [C] and stay vectors; `pl_quality.summarize` divides them next)."""
@@ -432,13 +334,6 @@ def _log(writer, workdir, step, scalars):
   writer.write_scalars(step, scalars)
   if jax.process_index() == 0:
     workdir_lib.append_metrics(workdir, step, scalars)
-
-
-def save_predictions(path, **arrays):
-  """np.savez to `path` atomically (a reader never sees a partial file)."""
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
 
 
 def _fmt_eta(seconds: float) -> str:

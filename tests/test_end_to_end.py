@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import test as test_config
-from stssl_jax import algorithms, steps, train
+from stssl_jax import algorithms, evaluate, steps, train
 from stssl_jax.data import pipeline
 from stssl_jax.models import stssl as models
 
@@ -112,7 +112,7 @@ def _run_steps(config, batches, lb_prevalence=None):
   """Initial state, then one jitted train step per batch; returns (state0, state, metrics)."""
   algo = algorithms.get(config.algorithm)
   model = models.build_model(config)
-  mesh = train.make_mesh(jax.devices()[:1])
+  mesh = evaluate.make_mesh(jax.devices()[:1])
   state, tx, _ = train.create_state(config, model, algo, jax.random.PRNGKey(0), mesh,
                                     lb_prevalence)
   state0 = jax.device_get(state)

@@ -165,7 +165,8 @@ def test_row8_row12_killed_prep_leaves_no_temp_and_bytes_are_reproducible(tmp_pa
   a = records.dataset_dir(tmp_path / 'a', 'eurosat')
   b = records.dataset_dir(tmp_path / 'b', 'eurosat')
   names = sorted(p.name for p in a.iterdir())
-  assert names == sorted(p.name for p in b.iterdir()) and len(names) == 7  # Shards of train, test, train_lb_6.
+  # Info files and the shards of train, test and train_lb_6.
+  assert names == sorted(p.name for p in b.iterdir()) and len(names) == 7
   for n in names:
     assert (a / n).read_bytes() == (b / n).read_bytes(), n
 

@@ -5,7 +5,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from data_prep import eurosat, regions
+from data_prep import eurosat
+from stssl_jax import regions
 from stssl_jax.data import records
 
 SAMPLE = pathlib.Path(__file__).parent.parent / 'data' / 'eurosat_sample'

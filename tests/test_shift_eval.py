@@ -9,7 +9,7 @@ from PIL import Image
 
 from configs import test as test_config
 from data_prep import eurosat
-from stssl_jax import metadata, report, shift_eval, train
+from stssl_jax import metadata, regions, report, shift_eval, train
 from stssl_jax.data import records
 
 SAMPLE = pathlib.Path(__file__).parent.parent / 'data' / 'eurosat_sample'
@@ -72,7 +72,7 @@ def test_eval_shift_in_and_out_of_a_held_out_region(tmp_path):
   for branch, name in (('student', 'student (image only)'), ('teacher', 'teacher, true metadata')):
     preds = np.load(run / 'shift_eval' / f'predictions_heldout_{branch}.npz')
     assert len(preds['label']) == info['splits']['heldout'] > 10
-    assert shift_eval.region_names(info)['heldout'] == f'out of region: {BOX}'
+    assert regions.region_names(info)['heldout'] == f'out of region: {BOX}'
     lat, lon = preds['lat'], preds['lon']
     assert ((lat >= 35) & (lat <= 44) & (lon >= -10) & (lon <= 4)).all()
     row = next(r for r in rows if r['split'] == 'heldout' and r['model'] == name)
@@ -93,12 +93,12 @@ def test_eval_shift_in_and_out_of_a_held_out_region(tmp_path):
 def test_region_names_from_either_dataset_info():
   eurosat_info = {'splits': {'train': 5, 'test': 2, 'heldout': 1},
                   'prep': {'holdout_countries': ['ES', 'PT'], 'holdout_box': ''}}
-  assert shift_eval.region_names(eurosat_info) == {
+  assert regions.region_names(eurosat_info) == {
       'train': 'in region', 'test': 'in region', 'heldout': 'out of region: ES, PT'}
   ben_info = {'splits': {'validation': 3, 'heldout': 2},
               'holdout': {'settings': {'countries': ['Finland'], 'seasons': ['Winter'],
                                        'match': 'all'}}}
-  assert shift_eval.region_names(ben_info)['heldout'] == 'out of region: Finland and Winter'
+  assert regions.region_names(ben_info)['heldout'] == 'out of region: Finland and Winter'
   ben_info['holdout']['settings']['match'] = 'any'
-  assert shift_eval.region_names(ben_info)['heldout'] == 'out of region: Finland; Winter'
-  assert shift_eval.region_names({'splits': {'heldout': 1}})['heldout'] == 'out of region'
+  assert regions.region_names(ben_info)['heldout'] == 'out of region: Finland; Winter'
+  assert regions.region_names({'splits': {'heldout': 1}})['heldout'] == 'out of region'

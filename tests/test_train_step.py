@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from stssl_jax import algorithms, steps, train
+from stssl_jax import algorithms, evaluate, steps, train
 from stssl_jax.models import stssl as models
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -31,7 +31,7 @@ def synthetic_batch(config, seed=0):
 
 
 def build(config, devices=None):
-  mesh = train.make_mesh(devices)
+  mesh = evaluate.make_mesh(devices)
   algo = algorithms.get(config.algorithm)
   model = models.build_model(config)
   state, tx, _ = train.create_state(config, model, algo, jax.random.PRNGKey(config.seed), mesh)

@@ -19,14 +19,14 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from configs import test as test_config  # pylint: disable=g-import-not-at-top
-from stssl_jax import checkpoint, train  # pylint: disable=g-import-not-at-top
+from stssl_jax import checkpoint, evaluate, train  # pylint: disable=g-import-not-at-top
 
 config = test_config.get_config('stssl_fixmatch')
 config.data.data_dir = data_dir
 config.num_steps, config.checkpoint_every, config.eval_every, config.log_every = (
     num_steps, num_steps, num_steps, num_steps)
 if num_steps == 0:  # Restore only: build the state on this mesh and load the latest step.
-  mesh = train.make_mesh()
+  mesh = evaluate.make_mesh()
   from stssl_jax import algorithms  # pylint: disable=g-import-not-at-top
   from stssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from stssl_jax.models import stssl as models  # pylint: disable=g-import-not-at-top

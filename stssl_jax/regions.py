@@ -1,4 +1,5 @@
-"""Geographic hold-out regions for data_prep (the metadata-shift evaluation, issue 7).
+"""Geographic hold-out regions (the metadata-shift evaluation, issue 7): data_prep selects by
+them, the report names them.
 
 EuroSAT selects by a lat/lon box or ISO country codes (offline reverse geocoding),
 BigEarthNet by the country and season of its metadata table. The held-out samples are removed
@@ -7,6 +8,7 @@ training never sees them and evaluation reports in-region (`test`) and out-of-re
 (`heldout`) metrics separately.
 """
 
+import ast
 from typing import Optional, Sequence
 
 import numpy as np
@@ -105,3 +107,24 @@ def select_by_attributes(names: Sequence[str], country: Sequence[str], season: S
     if hits and (all(hits) if match == 'all' else any(hits)):
       held.add(n)
   return held
+
+
+def region_names(info: dict) -> dict[str, str]:
+  """{split: 'in region' or 'out of region: <what was held out>'} from the dataset info.
+
+  EuroSAT's prep record has holdout_countries/holdout_box; BigEarthNet's info has
+  holdout.settings {countries, seasons, match}.
+  """
+  prep = info.get('prep') or {}
+  if isinstance(prep, str):  # Older TFDS metadata stored nested values as their repr.
+    try:
+      prep = ast.literal_eval(prep)
+    except (ValueError, SyntaxError):
+      prep = {}
+  ben = (info.get('holdout') or {}).get('settings') or {}
+  held = [', '.join(prep.get('holdout_countries') or []), prep.get('holdout_box') or '',
+          ', '.join(ben.get('countries') or []), ', '.join(ben.get('seasons') or [])]
+  held = [h for h in held if h]
+  joiner = ' and ' if ben.get('match') == 'all' else '; '
+  what = 'out of region' + (f': {joiner.join(held)}' if held else '')
+  return {s: what if s.startswith('heldout') else 'in region' for s in info.get('splits', {})}
