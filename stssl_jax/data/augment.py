@@ -76,10 +76,28 @@ def _reflect_indices(size: int, padding: int) -> np.ndarray:
   padded image equals gathering the original at these indices.
 
   Returns:
-    int64 [size + 2 * padding].
+    int64 [size + 2 * padding] (cached: read only).
   """
   idx = np.abs(np.arange(-padding, size + padding))
   return np.where(idx >= size, 2 * (size - 1) - idx, idx)
+
+
+def crop_flip_indices(size: int, padding: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """(rows [S], cols [S]) of the weak view's reflect-pad, random crop and h/v flips.
+
+  One `rng.random(4)` draw: crop offsets (y, x) in 0..2P, then the flips (h, v) with p = 0.5.
+  A flip of the crop is a reversed index vector, so the view is just two gathers.
+  """
+  idx = _reflect_indices(size, padding)
+  u = rng.random(4)
+  oy, ox = (u[:2] * (2 * padding + 1)).astype(np.intp)
+  rows, cols = idx[oy:oy + size], idx[ox:ox + size]
+  if u[2] < 0.5:
+    cols = cols[::-1]
+  if u[3] < 0.5:
+    rows = rows[::-1]
+  return rows, cols
 
 
 def weak(img: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
@@ -93,18 +111,7 @@ def weak(img: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
   Returns:
     uint8 [S, S, 3], a new array.
   """
-  size = img.shape[0]
-  idx = _reflect_indices(size, padding)
-  # One draw for all four choices: two crop offsets in 0..2P, then the two flips.
-  u = rng.random(4)
-  oy, ox = (u[:2] * (2 * padding + 1)).astype(np.intp)
-  rows = idx[oy:oy + size]
-  cols = idx[ox:ox + size]
-  # A flip of the crop is a reversed index vector, so the view is just two gathers.
-  if u[2] < 0.5:
-    cols = cols[::-1]
-  if u[3] < 0.5:
-    rows = rows[::-1]
+  rows, cols = crop_flip_indices(img.shape[0], padding, rng)
   return img.take(rows, axis=0).take(cols, axis=1)
 
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from stssl_jax.data import kornia_ops as ops
+from stssl_jax.data import augment, kornia_ops as ops
 
 SCALED_SIZE = 120  # METHOD 3.4 step 1: bands are brought to 120 x 120 before scaling.
 
@@ -131,13 +131,6 @@ def to_hwc(v: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.moveaxis(v, 0, -1), np.float32)
 
 
-@functools.lru_cache(maxsize=None)
-def _reflect_indices(size: int, padding: int) -> np.ndarray:
-  """Indices of positions -P .. S+P-1 into a side of S under reflect padding (no edge repeat)."""
-  idx = np.abs(np.arange(-padding, size + padding))
-  return np.where(idx >= size, 2 * (size - 1) - idx, idx)
-
-
 def weak(v: np.ndarray, rng: np.random.Generator, padding: int = 16,
          size: int = 128) -> np.ndarray:
   """Weak view: resize to S, reflect-pad P, random S x S crop, h and v flips with p = 0.5.
@@ -156,14 +149,7 @@ def weak(v: np.ndarray, rng: np.random.Generator, padding: int = 16,
   """
   if v.shape[1:] != (size, size):
     v = resize_bilinear(v, size)
-  idx = _reflect_indices(size, padding)
-  u = rng.random(4)
-  oy, ox = (u[:2] * (2 * padding + 1)).astype(np.intp)
-  rows, cols = idx[oy:oy + size], idx[ox:ox + size]
-  if u[2] < 0.5:
-    cols = cols[::-1]
-  if u[3] < 0.5:
-    rows = rows[::-1]
+  rows, cols = augment.crop_flip_indices(size, padding, rng)
   # Gather first: converting the cached float16 crop costs half of converting a copy.
   return v.take(rows, axis=1).take(cols, axis=2).astype(np.float32, copy=False)
 
