@@ -38,6 +38,7 @@ import yaml
 
 from data_prep import common
 from stssl_jax import regions
+from data_prep import writer
 from stssl_jax.data import records
 
 RGB_EXTS = ('.jpg', '.jpeg')
@@ -333,7 +334,7 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
       'skipped': bad.as_metadata(),
   }
   schema = records.Schema(tuple(class_names), tuple(shape), 'uint8' if fmt == 'rgb' else 'uint16')
-  path = records.write_dataset(out, name, splits, schema, metadata, overwrite=overwrite,
+  path = writer.write_dataset(out, name, splits, schema, metadata, overwrite=overwrite,
                                description=f'EuroSAT {fmt.upper()} in the stssl-jax record schema')
   return {'status': 'prepared', 'path': str(path), 'skipped': bad.items,
           'splits': {s: len(v) for s, v in (('train', train), ('test', test),

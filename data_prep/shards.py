@@ -11,7 +11,7 @@ folders), the work is cut into shard tasks of consecutive items of one split:
 2. `load_summaries` + `assemble`: the finished shard files become the TFDS splits' shards
    via hard links (no copy), labeled-subset splits are written as verbatim copies of
    selected `train` records, `tfds.folder_dataset.write_metadata` writes the TFDS metadata,
-   `metadata.json` is added, and the dataset is renamed into place (records.install).
+   `metadata.json` is added, and the dataset is renamed into place (writer.install).
 
 Indices: a worker gives its records `index = task.start + position among the shard's good
 records`, where task.start is the shard's first position in the split list. That is the
@@ -37,6 +37,7 @@ import tqdm
 
 from data_prep import common
 from stssl_jax import atomic
+from data_prep import writer as ds_writer
 from stssl_jax.data import records
 
 _WRITER_OPTIONS = 'group_size:1'  # What TFDS uses: one record per chunk, fast random access.
@@ -108,7 +109,7 @@ def _run_task(args) -> tuple[Task, int]:
         side.setdefault(key[1:], []).append(example.pop(key))
       example['index'] = task.start + len(names)
       rec = records.encode(example, schema)
-      writer.write(records.serialize(features, rec))
+      writer.write(ds_writer.serialize(features, rec))
       names.append(rec['filename'])
       labels.append(np.flatnonzero(rec['label']).tolist() if schema.multilabel
                     else rec['label'])
@@ -228,7 +229,7 @@ def _reindex(src: pathlib.Path, dst: pathlib.Path, shift: int, features) -> None
     for i in range(len(source)):
       example = dict(features.deserialize_example_np(source[i]))
       example['index'] -= shift
-      writer.write(records.serialize(features, example))
+      writer.write(ds_writer.serialize(features, example))
   finally:
     writer.close()
 
@@ -258,7 +259,7 @@ def assemble(out: str | os.PathLike, name: str, schema: records.Schema,
     if not s.names:
       raise common.PrepError(f'split {split!r} has no usable record')
   root = pathlib.Path(out)
-  tmp = records.make_temp_dir(root, name)
+  tmp = ds_writer.make_temp_dir(root, name)
   try:
     ds_dir = tmp / records.tfds_name(name) / records.VERSION
     ds_dir.mkdir(parents=True)
@@ -301,15 +302,15 @@ def assemble(out: str | os.PathLike, name: str, schema: records.Schema,
                                        check_data=False, description=description,
                                        disable_shuffling=True)
     stats = summaries[stats_split]
-    band_mean, band_std = records.band_stats(stats.sums, stats.sumsqs, stats.pixels,
+    band_mean, band_std = ds_writer.band_stats(stats.sums, stats.sumsqs, stats.pixels,
                                              schema.image_dtype)
     info = dict(metadata)
-    info.update(records.schema_metadata(schema, metadata.get('class_counts', {}), band_mean,
+    info.update(ds_writer.schema_metadata(schema, metadata.get('class_counts', {}), band_mean,
                                         band_std, stats_split))
     info['files'] = records.file_digests(ds_dir)
     with open(ds_dir / 'metadata.json', 'w') as f:
       json.dump(info, f, indent=1)
-    records.install(tmp / records.tfds_name(name), root, name)
+    ds_writer.install(tmp / records.tfds_name(name), root, name)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return records.dataset_dir(root, name)

@@ -14,6 +14,7 @@ from configs import default
 from stssl_jax import metadata
 from stssl_jax.data import augment
 from stssl_jax.data import pipeline
+from data_prep import writer
 from stssl_jax.data import records
 from stssl_jax.data import streams
 from stssl_jax.data import transforms
@@ -305,13 +306,13 @@ def _check_prepared(c, n_train, n_lb):
 
 
 def test_prepared_dataset_on_disk(tmp_path):
-  """train_iterator with mp_prefetch over a SplitSource written by records.write_dataset."""
+  """train_iterator with mp_prefetch over a SplitSource written by writer.write_dataset."""
   train, test = _records(10, 7), _records(5, 8)
   for r in train + test:
     r['label'] %= 3
   lab = [dict(train[i]) for i in (1, 4, 7)]
   schema = records.Schema(('A', 'B', 'C'), (64, 64, 3), 'uint8')
-  records.write_dataset(tmp_path, 'toy', {'train': lambda: train, 'test': lambda: test,
+  writer.write_dataset(tmp_path, 'toy', {'train': lambda: train, 'test': lambda: test,
                                           'train_lb_3': lambda: lab}, schema,
                         metadata={'labeled_splits': {3: 'train_lb_3'}})
   c = _config(name='toy', data_dir=str(tmp_path), num_labels=3, num_workers=1, prefetch=1,

@@ -11,6 +11,7 @@ from configs import default
 from stssl_jax import metadata
 from stssl_jax.data import augment_ms
 from stssl_jax.data import pipeline
+from data_prep import writer
 from stssl_jax.data import records
 from stssl_jax.data import streams
 from stssl_jax.data import transforms
@@ -168,14 +169,14 @@ def test_labeled_split_by_fraction():
 
 
 def test_prepared_multilabel_dataset_on_disk(tmp_path):
-  """uint16 multi-label records written by records.write_dataset, fraction-keyed subsets."""
+  """uint16 multi-label records written by writer.write_dataset, fraction-keyed subsets."""
   train, val = _ms_records(6, 8, size=24), _ms_records(3, 9, size=24)
   for r in train + val:
     del r['label19'], r['country'], r['season']
   schema = records.Schema(tuple(f'c{k}' for k in range(43)), (24, 24, 3), 'uint16',
                           multilabel=True)
   lab = [dict(train[i]) for i in (0, 3)]  # TFDS split names cannot contain '.'.
-  records.write_dataset(tmp_path, 'ben', {'train': lambda: train, 'val': lambda: val,
+  writer.write_dataset(tmp_path, 'ben', {'train': lambda: train, 'val': lambda: val,
                                           'train_lb_f0010': lambda: lab}, schema,
                         metadata={'labeled_splits': {0.01: 'train_lb_f0010'}})
   cfg = _ms_config(3, name='ben', data_dir=str(tmp_path), label_fraction=0.01,

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
+from data_prep import writer
 from stssl_jax.data import records
 
 CLASSES = ('Alpha', 'Beta', 'Gamma')
@@ -34,7 +35,7 @@ def test_round_trip_every_field(tmp_path, dtype, shape, date):
   test = _examples(4, shape, dtype, seed=2, date=date)
   lab = [dict(train[5]), dict(train[1])]  # Copies; index = position in train.
   schema = records.Schema(CLASSES, shape, np.dtype(dtype).name)
-  out = records.write_dataset(
+  out = writer.write_dataset(
       tmp_path, 'toy', {'train': lambda: train, 'test': lambda: test, 'train_lb_2': lambda: lab},
       schema, metadata={'labeled_splits': {2: 'train_lb_2'}, 'labeled_indices': {2: [5, 1]},
                         'source': 'synthetic'})
@@ -75,7 +76,7 @@ def test_round_trip_every_field(tmp_path, dtype, shape, date):
 def test_split_source_pickles_and_batches(tmp_path):
   data = _examples(5, (4, 4, 3), np.uint8, seed=3)
   schema = records.Schema(CLASSES, (4, 4, 3), 'uint8')
-  records.write_dataset(tmp_path, 'toy', {'train': lambda: data}, schema)
+  writer.write_dataset(tmp_path, 'toy', {'train': lambda: data}, schema)
   src = records.open_split(tmp_path, 'toy', 'train')
   clone = pickle.loads(pickle.dumps(src))
   assert [r['filename'] for r in clone.__getitems__([4, 0])] == [data[4]['filename'],
@@ -91,7 +92,7 @@ def test_multilabel_round_trip(tmp_path):
   for ex, hot in zip(data, hots):
     ex['label'] = np.array(hot)
   schema = records.Schema(CLASSES, (2, 2, 3), 'uint16', multilabel=True)
-  records.write_dataset(tmp_path, 'multi', {'train': lambda: data}, schema)
+  writer.write_dataset(tmp_path, 'multi', {'train': lambda: data}, schema)
   src = records.open_split(tmp_path, 'multi', 'train')
   np.testing.assert_array_equal(np.stack([src[i]['label'] for i in range(3)]), hots)
   assert records.load_info(tmp_path, 'multi')['class_counts'] == {'train': [2, 1, 2]}
@@ -103,7 +104,7 @@ def test_missing_dataset_or_split_names_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope'):
     records.load_info(tmp_path, 'nope')
   schema = records.Schema(CLASSES, (2, 2, 3), 'uint8')
-  records.write_dataset(tmp_path, 'toy', {'train': lambda: _examples(2, (2, 2, 3), np.uint8, 0)},
+  writer.write_dataset(tmp_path, 'toy', {'train': lambda: _examples(2, (2, 2, 3), np.uint8, 0)},
                         schema)
   with pytest.raises(KeyError, match=r"Split 'test' not found in .*toy.*splits: \['train'\]"):
     records.open_split(tmp_path, 'toy', 'test')
@@ -112,11 +113,11 @@ def test_missing_dataset_or_split_names_the_directory(tmp_path):
 def test_existing_dataset_needs_overwrite(tmp_path):
   schema = records.Schema(CLASSES, (2, 2, 3), 'uint8')
   first = _examples(2, (2, 2, 3), np.uint8, 0)
-  records.write_dataset(tmp_path, 'toy', {'train': lambda: first}, schema)
+  writer.write_dataset(tmp_path, 'toy', {'train': lambda: first}, schema)
   with pytest.raises(FileExistsError, match='overwrite'):
-    records.write_dataset(tmp_path, 'toy', {'train': lambda: first}, schema)
+    writer.write_dataset(tmp_path, 'toy', {'train': lambda: first}, schema)
   second = _examples(3, (2, 2, 3), np.uint8, 1)
-  records.write_dataset(tmp_path, 'toy', {'train': lambda: second}, schema, overwrite=True)
+  writer.write_dataset(tmp_path, 'toy', {'train': lambda: second}, schema, overwrite=True)
   assert len(records.open_split(tmp_path, 'toy', 'train')) == 3
   assert [p.name for p in tmp_path.iterdir()] == ['stssl_toy']
 
@@ -143,6 +144,6 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
   bad = _examples(2, (2, 2, 3), np.uint8, 0)
   bad[1]['label'] = 7
   with pytest.raises(ValueError, match='label 7'):
-    records.write_dataset(tmp_path, 'toy', {'train': lambda: bad}, schema)
+    writer.write_dataset(tmp_path, 'toy', {'train': lambda: bad}, schema)
   assert list(tmp_path.iterdir()) == []
   assert not records.is_prepared(tmp_path, 'toy')
