@@ -9,7 +9,7 @@ Reads, from each workdir, what training and `--mode=eval_shift` left there:
   `heldout*` = out of region).
 Writes OUT_DIR/compare.md, compare_pl.csv, compare_eval.csv and compare_eval.png.
 
-Pooling (`report.pooled_pl`): every interval logs `log_every` steps of the same unlabeled batch size, so the number
+Pooling (`report_data.pooled_pl`): every interval logs `log_every` steps of the same unlabeled batch size, so the number
 of samples n is the same in each. Recall and accuracy_all are means over n, pooled exactly by
 averaging intervals; accuracy is over the accepted samples (n * recall of them), pooled exactly
 by weighting each interval's accuracy with its recall. Macro precision has per-class
@@ -20,9 +20,9 @@ import csv
 import os
 import sys
 
-from stssl_jax import atomic, report, report_plots
+from stssl_jax import atomic, report_data, report_plots
 
-PL_METRICS = report.PL_METRICS
+PL_METRICS = report_data.PL_METRICS
 
 
 def _sources(series: dict) -> list[str]:
@@ -49,7 +49,7 @@ def compare(runs: dict[str, str], out_dir: str) -> dict:
   """
   pl_rows, eval_rows = [], []
   for name, workdir in runs.items():
-    series = report.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+    series = report_data.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
     if not any(k.startswith('train/pl/') for k in series):
       raise ValueError(f'{workdir}/metrics.jsonl has no train/pl/ entries (no pseudo-labels '
                        'logged: a supervised run, or not trained yet)')
@@ -57,7 +57,7 @@ def compare(runs: dict[str, str], out_dir: str) -> dict:
     for source in _sources(series):
       for window, since in (('whole run', 0), ('last quarter', int(0.75 * last) + 1)):
         pl_rows.append({'run': name, 'source': source, 'window': window,
-                        **report.pooled_pl(series, source, since)})
+                        **report_data.pooled_pl(series, source, since)})
     for r in _read_shift(workdir):
       region = 'out of region' if r['split'].startswith('heldout') else 'in region'
       eval_rows.append({'run': name, 'model': r['model'], 'split': r['split'],

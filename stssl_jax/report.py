@@ -4,6 +4,7 @@ Reads what `train.train_and_evaluate` leaves in the workdir (config.json, metric
 final_metrics.json, eval/step_<N>.json, eval/predictions_<branch>.npz, and versions.json if the
 run recorded one) and writes PNGs next to index.html, linked relatively, so the folder opens
 from disk or can be copied anywhere. Works on a run in progress: missing parts are skipped.
+What the numbers are comes from `report_data.py`; this module only lays them out.
 
     python -m stssl_jax.report WORKDIR
 """
@@ -12,190 +13,16 @@ import csv
 import datetime
 import glob
 import html
-import importlib.metadata
 import json
-import math
 import os
-import platform
-import re
 import shutil
 import sys
 from typing import Any, Optional
 
 import numpy as np
 
-from stssl_jax import atomic
-from stssl_jax import metrics_multilabel as metrics_ml
+from stssl_jax import atomic, report_data as analysis
 from stssl_jax import report_plots as plots
-
-# Distributions whose versions identify the software stack of a run.
-PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets',
-            'numpy', 'clu', 'ml-collections', 'matplotlib')
-_SEASONS = ('spring', 'summer', 'autumn', 'fall', 'winter')
-
-
-def package_versions() -> dict[str, str]:
-  """Versions of python and `PACKAGES` in this environment ('not installed' if absent)."""
-  out = {'python': platform.python_version()}
-  for name in PACKAGES:
-    try:
-      out[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      out[name] = 'not installed'
-  return out
-
-
-def _read_json(path: str) -> Optional[Any]:
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """metrics.jsonl -> {key: (steps [T], values [T])}, sorted by step.
-
-  A resumed run logs again the steps after its last checkpoint; the last record of a step wins.
-  """
-  by_key: dict[str, dict[int, float]] = {}
-  if os.path.isfile(path):
-    with open(path) as f:
-      for line in f:
-        if not line.strip():
-          continue
-        record = json.loads(line)
-        step = int(record.pop('step'))
-        for k, v in record.items():
-          if isinstance(v, (int, float)):
-            by_key.setdefault(k, {})[step] = float(v)
-  return {k: (np.array(sorted(d)), np.array([d[s] for s in sorted(d)])) for k, d in by_key.items()}
-
-
-PL_METRICS = ('recall', 'accuracy', 'accuracy_all', 'precision')
-
-
-def pooled_pl(series: dict, source: str, since: int = 0) -> dict:
-  """Pseudo-label quality of `source` pooled over the logging intervals at step >= since.
-
-  Args:
-    series: `report.read_metrics` output, {key: (steps [T], values [T])}.
-    source: 'teacher' or 'image_only'.
-    since: first step to include.
-  Returns:
-    {metric: value} for PL_METRICS (NaN where nothing was accepted), plus 'intervals'.
-  """
-  def values(metric):
-    steps, v = series.get(f'train/pl/{source}/{metric}', (np.zeros(0), np.zeros(0)))
-    return v[steps >= since]
-  recall, acc = values('recall'), values('accuracy')
-  out = {'intervals': int(recall.size)}
-  if not recall.size:
-    return {**out, **{m: float('nan') for m in PL_METRICS}}
-  out['recall'] = float(recall.mean())
-  ok = np.isfinite(acc) & (recall > 0)  # An interval that accepted nothing adds nothing.
-  out['accuracy'] = (float(np.sum(acc[ok] * recall[ok]) / np.sum(recall[ok])) if ok.any()
-                     else float('nan'))
-  for m in ('accuracy_all', 'precision'):
-    v = values(m)
-    v = v[np.isfinite(v)]
-    out[m] = float(v.mean()) if v.size else float('nan')
-  return out
-
-
-def load_run(workdir: str) -> dict[str, Any]:
-  """Everything the report reads from a workdir (None or empty where a file is missing)."""
-  evals = {}
-  for path in glob.glob(os.path.join(workdir, 'eval', 'step_*.json')):
-    step = re.fullmatch(r'step_(\d+)\.json', os.path.basename(path))
-    if step:
-      evals[int(step.group(1))] = _read_json(path)
-  predictions = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'eval', 'predictions_*.npz'))):
-    predictions[os.path.basename(path)[len('predictions_'):-len('.npz')]] = _load_npz(path)
-  heldout = {}  # Out-of-region predictions that --mode=eval_shift leaves: {split: {branch: ..}}.
-  for path in sorted(glob.glob(os.path.join(workdir, 'shift_eval', 'predictions_heldout*.npz'))):
-    split, branch = os.path.basename(path)[len('predictions_'):-len('.npz')].rsplit('_', 1)
-    heldout.setdefault(split, {})[branch] = _load_npz(path)
-  return {'config': _read_json(os.path.join(workdir, 'config.json')) or {},
-          'final': _read_json(os.path.join(workdir, 'final_metrics.json')),
-          'versions': _read_json(os.path.join(workdir, 'versions.json')),
-          'series': read_metrics(os.path.join(workdir, 'metrics.jsonl')),
-          'evals': dict(sorted(evals.items())), 'predictions': predictions,
-          'heldout': heldout}
-
-
-def _load_npz(path: str) -> dict[str, np.ndarray]:
-  arrays = {}
-  with np.load(path) as z:  # No pickles: an object array (e.g. str as objects) is skipped.
-    for k in z.files:
-      try:
-        arrays[k] = z[k]
-      except ValueError:
-        continue
-  return arrays
-
-
-def class_names(config: dict, num_classes: int) -> list[str]:
-  """Names from the prepared dataset's info when reachable and of the right size, else indices."""
-  data = config.get('data', {})
-  try:
-    from stssl_jax.data import records  # Imports TFDS: only when a report needs names.
-    info = records.load_info(data['data_dir'], data['name'])
-  except (OSError, KeyError, ValueError, ImportError):  # Unreachable dataset: no names.
-    return [str(i) for i in range(num_classes)]
-  suffix = str(data.get('label_set', 'label'))[len('label'):]  # 'label19' -> class_names19.
-  for key in (f'class_names{suffix}', 'class_names'):
-    names = info.get(key)
-    if names is not None and len(names) == num_classes:
-      return [str(n) for n in names]
-  return [str(i) for i in range(num_classes)]
-
-
-def sample_scores(arrays: dict, multilabel: bool, f1_threshold: float = 0.5) -> np.ndarray:
-  """[N] per-sample score: single-label 1.0/0.0 (argmax correct), multi-label sample F1.
-
-  Multi-label predictions are `logit > f1_threshold` as in the reported F1 (METHOD 9); a sample
-  with no true and no predicted label scores 1.
-  """
-  logits, label = np.asarray(arrays['logits']), np.asarray(arrays['label'])
-  if not multilabel:
-    return (logits.argmax(-1) == label).astype(np.float64)
-  pred = logits > f1_threshold
-  tp = np.sum(pred & (label > 0), axis=-1)
-  den = pred.sum(-1) + (label > 0).sum(-1)
-  return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
-
-
-def group_metrics(arrays: dict, field: str, multilabel: bool,
-                  f1_threshold: float = 0.5) -> list[dict[str, Any]]:
-  """Metrics per value of `arrays[field]` ([N] str, e.g. 'country' or 'season').
-
-  Returns:
-    rows {'group', 'n', then single-label 'accuracy'; multi-label 'micro_map', 'macro_map'
-    (mean AP over the classes with a positive in the group: a class absent from a small group
-    would add a meaningless 0), 'sample_f1'}, seasons in calendar order, else by size.
-  """
-  groups = np.asarray(arrays[field]).astype(str)
-  scores = sample_scores(arrays, multilabel, f1_threshold)
-  rows = []
-  for g in np.unique(groups):
-    sel = groups == g
-    row = {'group': str(g), 'n': int(sel.sum())}
-    if multilabel:
-      probs = 1.0 / (1.0 + np.exp(-np.asarray(arrays['logits'], np.float64)[sel]))
-      label = np.asarray(arrays['label'])[sel]
-      present = np.flatnonzero(label.sum(0) > 0)
-      row['micro_map'] = metrics_ml.average_precision(probs.ravel(), label.ravel())
-      row['macro_map'] = float(np.mean([metrics_ml.average_precision(probs[:, c], label[:, c])
-                                        for c in present])) if len(present) else 0.0
-      row['sample_f1'] = float(scores[sel].mean())
-    else:
-      row['accuracy'] = float(scores[sel].mean())
-    rows.append(row)
-  seasonal = all(r['group'].lower() in _SEASONS for r in rows)
-  return sorted(rows, key=(lambda r: _SEASONS.index(r['group'].lower())) if seasonal else
-                (lambda r: (r['group'] == OTHER, -r['n'], r['group'])))
-
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 1.5em auto;
@@ -256,7 +83,8 @@ def _summary(config: dict, final: Optional[dict], last_eval: dict, branches: lis
     what = 'final evaluation' if final else f'latest evaluation (step {last_eval.get("step")})'
     out += f'<p>Metrics of the {what}:</p>' + _table(
         ['metric'] + [plots.branch_label(b) for b in branches],
-        [[plots.PRETTY.get(m, m)] + [source.get(f'{b}/{m}', '') for b in branches] for m in metrics])
+        [[plots.PRETTY.get(m, m)] + [source.get(f'{b}/{m}', '') for b in branches]
+         for m in metrics])
   return out
 
 
@@ -270,13 +98,13 @@ def _pooled_pl_table(series: dict) -> Optional[str]:
   rows = []
   for window, since in (('whole run', 0), ('last quarter', int(0.75 * last) + 1)):
     for src in sources:
-      pooled = pooled_pl(series, src, since)
+      pooled = analysis.pooled_pl(series, src, since)
       rows.append([window, plots.pl_source_label(src, 'teacher' in sources),
                    pooled['intervals']] +
-                  [pooled[m] for m in PL_METRICS])
+                  [pooled[m] for m in analysis.PL_METRICS])
   return ('<p>Pooled over the logging intervals (accuracy weighted by the accepted share; '
           'precision an interval mean):</p>' +
-          _table(['window', 'source', 'intervals'] + list(PL_METRICS), rows))
+          _table(['window', 'source', 'intervals'] + list(analysis.PL_METRICS), rows))
 
 
 def _page(*, workdir, config, final, last_eval, branches, sections, versions,
@@ -324,37 +152,6 @@ def _class_items(last: dict, branches: list[str], multilabel: bool, names: list[
   return items
 
 
-MIN_GROUP = 30  # Smaller per-country/season groups give noise, not a readable bar.
-OTHER = 'other'
-
-
-def lump_small_groups(values: np.ndarray, min_n: Optional[int] = None) -> np.ndarray:
-  """str [N] with every value that occurs fewer than min_n times replaced by OTHER.
-
-  min_n defaults to 1% of N, at most MIN_GROUP: EuroSAT's 5,000 test images reverse-geocode
-  to some 30 countries, a few with 2-5 images.
-  """
-  values = np.asarray(values).astype(str)
-  if min_n is None:
-    min_n = min(MIN_GROUP, math.ceil(0.01 * len(values)))
-  names, counts = np.unique(values, return_counts=True)
-  small = names[counts < min_n]
-  return np.where(np.isin(values, small), OTHER, values) if small.size else values
-
-
-def with_countries(arrays: dict) -> dict:
-  """`arrays` with a 'country' field: the records' own, else (EuroSAT has none) ISO codes
-  reverse-geocoded offline from lat/lon when the [geo] extra is installed; else unchanged."""
-  if 'country' in arrays or 'lat' not in arrays or not len(arrays['lat']):
-    return arrays
-  try:
-    from stssl_jax import regions  # pylint: disable=g-import-not-at-top
-    codes = regions.country_codes(arrays['lat'], arrays['lon'])
-  except (ImportError, ValueError):  # No offline geocoder: no per-country table.
-    return arrays
-  return dict(arrays, country=np.asarray(codes, dtype=str), country_geocoded=True)
-
-
 def _prediction_items(preds: dict, heldout: dict, multilabel: bool, threshold: float,
                       regions: dict, out: str) -> list[tuple]:
   """The map of evaluation samples and, where predictions carry them, per-country/season.
@@ -363,7 +160,7 @@ def _prediction_items(preds: dict, heldout: dict, multilabel: bool, threshold: f
   arrays}} of the shift evaluation's unshifted models on held-out-region splits.
   """
   def point(arrays, label):
-    s = sample_scores(arrays, multilabel, threshold)
+    s = analysis.sample_scores(arrays, multilabel, threshold)
     return {'lat': arrays['lat'], 'lon': arrays['lon'], 'label': label,
             **({'score': s} if multilabel else {'correct': s > 0.5})}
 
@@ -393,8 +190,8 @@ def _prediction_items(preds: dict, heldout: dict, multilabel: bool, threshold: f
             f'{legend}. Score: {score}.{rows_note}', None)]
   key = 'micro_map' if multilabel else 'accuracy'
   # Per group: the eval split's rows, then each held-out split's, marked as such.
-  sets = [('', {b: with_countries(a) for b, a in preds.items()})]
-  sets += [(f' ({split})', {b: with_countries(a) for b, a in by_branch.items()})
+  sets = [('', {b: analysis.with_countries(a) for b, a in preds.items()})]
+  sets += [(f' ({split})', {b: analysis.with_countries(a) for b, a in by_branch.items()})
            for split, by_branch in heldout.items()]
   for field in ('country', 'season'):
     have = [b for b in preds if all(field in arrays.get(b, {}) for _, arrays in sets)]
@@ -403,9 +200,9 @@ def _prediction_items(preds: dict, heldout: dict, multilabel: bool, threshold: f
     tables = {b: [] for b in have}
     for suffix, arrays in sets:
       for b in have:
-        lumped = dict(arrays[b], **{field: lump_small_groups(arrays[b][field])})
+        lumped = dict(arrays[b], **{field: analysis.lump_small_groups(arrays[b][field])})
         tables[b] += [dict(r, group=r['group'] + suffix)
-                      for r in group_metrics(lumped, field, multilabel, threshold)]
+                      for r in analysis.group_metrics(lumped, field, multilabel, threshold)]
     rows = tables[have[0]]
     by_group = {b: {r['group']: r[key] for r in tables[b]} for b in have}
     plots.group_bars([r['group'] for r in rows],
@@ -419,8 +216,9 @@ def _prediction_items(preds: dict, heldout: dict, multilabel: bool, threshold: f
         'the records have no country)' if geocoded else '') + (
         '; macro mAP averages the classes present in the group.' if multilabel else '.') + (
         ' Groups marked with a split name are out of region.' if len(sets) > 1 else '') + (
-        f' Groups of fewer than 1% of a split\'s samples (at most {MIN_GROUP}) are pooled as '
-        f'"{OTHER}".' if any(r['group'].startswith(OTHER) for r in rows) else ''),
+        f' Groups of fewer than 1% of a split\'s samples (at most {analysis.MIN_GROUP}) are '
+        f'pooled as "{analysis.OTHER}".'
+        if any(r['group'].startswith(analysis.OTHER) for r in rows) else ''),
                   _group_table(tables, field)))
   return items
 
@@ -443,19 +241,6 @@ def _shift_eval_items(workdir: str, out: str) -> list[tuple]:
            _table(header, body))]
 
 
-def _regions(config: dict, heldout: dict) -> dict[str, str]:
-  """{split: region description} from the prepared dataset's info, when it is reachable."""
-  if not heldout:
-    return {}
-  data = config.get('data', {})
-  try:
-    from stssl_jax import regions  # pylint: disable=g-import-not-at-top
-    from stssl_jax.data import records  # pylint: disable=g-import-not-at-top
-    return regions.region_names(records.load_info(data['data_dir'], data['name']))
-  except (OSError, KeyError, ValueError, ImportError):
-    return {}
-
-
 def write_report(workdir: str) -> str:
   """Renders the report of the run in `workdir`.
 
@@ -466,7 +251,7 @@ def write_report(workdir: str) -> str:
     Path of WORKDIR/report/index.html. Every PNG it links lies next to it; PNGs of a previous
     rendering are removed first.
   """
-  run = load_run(workdir)
+  run = analysis.load_run(workdir)
   out = os.path.join(workdir, 'report')
   os.makedirs(out, exist_ok=True)
   for old in glob.glob(os.path.join(out, '*.png')):
@@ -494,11 +279,12 @@ def write_report(workdir: str) -> str:
   items = []
   if branches and last:
     num_classes = len(last[branches[0]]['per_class_ap' if multilabel else 'confusion'])
-    items += _class_items(last, branches, multilabel, class_names(config, num_classes), out)
+    names = analysis.class_names(config, num_classes)
+    items += _class_items(last, branches, multilabel, names, out)
   if preds:
     items += _prediction_items(preds, run['heldout'], multilabel,
                                float(config.get('f1_threshold', 0.5)),
-                               _regions(config, run['heldout']), out)
+                               analysis.heldout_regions(config, run['heldout']), out)
   if items:
     sections.append(('Latest evaluation', items))
 
@@ -508,7 +294,7 @@ def write_report(workdir: str) -> str:
 
   versions, recorded = run['versions'], True
   if not versions:
-    versions, recorded = package_versions(), False
+    versions, recorded = analysis.package_versions(), False
   page = _page(workdir=os.path.abspath(workdir), config=config, final=run['final'],
                last_eval=last, branches=branches, sections=sections, versions=versions,
                versions_recorded=recorded,

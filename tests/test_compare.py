@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from stssl_jax import compare, report
+from stssl_jax import compare, report_data
 
 
 def _workdir(tmp_path, name, intervals, shift_rows):
@@ -39,17 +39,17 @@ def test_pooling_weights_accuracy_by_the_accepted_share(tmp_path):
                (40, _pl('teacher', 0.8, 0.75, 0.7, 0.6))]
   rows = [{'split': 'test', 'model': 'student (image only)', 'top1': 0.6, 'balanced_acc': 0.55,
            'loss': 1.2}]
-  series = report.read_metrics(_workdir(tmp_path, 'a', intervals, rows) +
+  series = report_data.read_metrics(_workdir(tmp_path, 'a', intervals, rows) +
                                        '/metrics.jsonl')
-  got = report.pooled_pl(series, 'teacher')
+  got = report_data.pooled_pl(series, 'teacher')
   assert got['intervals'] == 4
   assert got['recall'] == pytest.approx((50 + 25 + 0 + 80) / 400)
   assert got['accuracy'] == pytest.approx((40 + 10 + 60) / (50 + 25 + 80))
   assert got['accuracy_all'] == pytest.approx((0.6 + 0.5 + 0.4 + 0.7) / 4)
   assert got['precision'] == pytest.approx((0.7 + 0.3 + 0.6) / 3)  # The NaN interval is left out.
-  late = report.pooled_pl(series, 'teacher', since=25)
+  late = report_data.pooled_pl(series, 'teacher', since=25)
   assert late['intervals'] == 2 and late['accuracy'] == pytest.approx(0.75)
-  absent = report.pooled_pl(series, 'image_only')
+  absent = report_data.pooled_pl(series, 'image_only')
   assert absent['intervals'] == 0 and math.isnan(absent['accuracy'])
 
 

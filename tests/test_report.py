@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import test as test_config
-from stssl_jax import report, report_plots, train
+from stssl_jax import report, report_data, report_plots, train
 
 ROOT = pathlib.Path(__file__).parent.parent
 _EUROSAT = ['AnnualCrop', 'Forest', 'HerbaceousVegetation', 'Highway', 'Industrial', 'Pasture',
@@ -55,7 +55,7 @@ def test_real_run_report(run_dir):
   # Summary, config and package versions are in the page.
   assert 'stssl_fixmatch' in page and 'student (image only)' in page
   assert '&quot;num_steps&quot;: 4' in page
-  versions = report.package_versions()
+  versions = report_data.package_versions()
   for name in ('python', 'jax', 'flax', 'optax', 'orbax-checkpoint', 'grain',
                'tensorflow-datasets', 'numpy'):
     assert f'<td>{name}</td><td>{versions[name]}</td>' in page
@@ -73,7 +73,7 @@ def test_tensorboard_shows_pseudo_label_quality(run_dir):
   (events,) = run_dir.glob('events.out.tfevents*')
   acc = ea.EventAccumulator(str(events), size_guidance={ea.TENSORS: 0})
   acc.Reload()
-  series = report.read_metrics(str(run_dir / 'metrics.jsonl'))
+  series = report_data.read_metrics(str(run_dir / 'metrics.jsonl'))
   for source in ('teacher', 'image_only'):
     for metric in ('precision', 'recall', 'accuracy', 'accuracy_all'):
       tag = f'train/pl/{source}/{metric}'
@@ -91,10 +91,10 @@ def test_cli_and_class_names(run_dir, prepared):
                        capture_output=True, text=True, timeout=300, check=True)
   assert out.stdout.strip() == str(run_dir / 'report' / 'index.html')
   config = json.loads((run_dir / 'config.json').read_text())
-  assert report.class_names(config, 10) == _EUROSAT
+  assert report_data.class_names(config, 10) == _EUROSAT
   # Wrong size or unreachable dataset: indices.
-  assert report.class_names(config, 3) == ['0', '1', '2']
-  assert report.class_names({'data': {'data_dir': '/nonexistent', 'name': 'x'}}, 2) == ['0', '1']
+  assert report_data.class_names(config, 3) == ['0', '1', '2']
+  assert report_data.class_names({'data': {'data_dir': '/nonexistent', 'name': 'x'}}, 2) == ['0', '1']
 
 
 def test_read_metrics_keeps_the_last_record_of_a_step(tmp_path):
@@ -103,7 +103,7 @@ def test_read_metrics_keeps_the_last_record_of_a_step(tmp_path):
              {'step': 4, 'student/top1': 0.5}, {'step': 4, 'train/loss': 1.5},  # Resumed.
              {'step': 6, 'train/loss': 1.0}]
   path.write_text('\n'.join(json.dumps(r) for r in records) + '\n')
-  series = report.read_metrics(str(path))
+  series = report_data.read_metrics(str(path))
   np.testing.assert_array_equal(series['train/loss'][0], [2, 4, 6])
   np.testing.assert_array_equal(series['train/loss'][1], [3.0, 1.5, 1.0])
   np.testing.assert_array_equal(series['student/top1'][0], [4])
@@ -174,7 +174,7 @@ def test_group_metrics_multilabel(tmp_path):
   workdir = _multilabel_workdir(tmp_path / 'ben')
   with np.load(workdir / 'eval' / 'predictions_student.npz') as z:
     arrays = {k: z[k] for k in z.files}
-  rows = {r['group']: r for r in report.group_metrics(arrays, 'country', multilabel=True)}
+  rows = {r['group']: r for r in report_data.group_metrics(arrays, 'country', multilabel=True)}
   assert sorted(rows) == ['Austria', 'Finland', 'Portugal']
   assert [r['n'] for r in rows.values()] == [16, 16, 16]
   # Finland's logits separate its labels perfectly: every AP and sample F1 is 1.
@@ -186,7 +186,7 @@ def test_group_metrics_multilabel(tmp_path):
 def test_group_metrics_single_label():
   arrays = {'logits': np.eye(3)[[0, 1, 2, 0, 1]] * 5, 'label': np.array([0, 1, 0, 0, 2]),
             'season': np.array(['Winter', 'Spring', 'Spring', 'Winter', 'Summer'])}
-  rows = report.group_metrics(arrays, 'season', multilabel=False)
+  rows = report_data.group_metrics(arrays, 'season', multilabel=False)
   assert [(r['group'], r['n'], r['accuracy']) for r in rows] == [
       ('Spring', 2, 0.5), ('Summer', 1, 0.0), ('Winter', 2, 1.0)]
 
@@ -210,9 +210,9 @@ def test_report_of_an_empty_workdir(tmp_path):
 
 def test_small_groups_are_pooled_relative_to_the_split():
   values = np.array(['FR'] * 300 + ['DE'] * 150 + ['UA'] * 2 + ['VA'] * 1 + ['LU'] * 5)
-  got = report.lump_small_groups(values)  # 1% of 458 -> groups under 5 samples.
-  assert sorted(set(got)) == ['DE', 'FR', 'LU', report.OTHER]
-  assert (got == report.OTHER).sum() == 3
-  np.testing.assert_array_equal(report.lump_small_groups(values, min_n=10) == report.OTHER,
+  got = report_data.lump_small_groups(values)  # 1% of 458 -> groups under 5 samples.
+  assert sorted(set(got)) == ['DE', 'FR', 'LU', report_data.OTHER]
+  assert (got == report_data.OTHER).sum() == 3
+  np.testing.assert_array_equal(report_data.lump_small_groups(values, min_n=10) == report_data.OTHER,
                                 np.isin(values, ['UA', 'VA', 'LU']))
-  assert set(report.lump_small_groups(values[:40])) == {'FR'}  # Nothing small: kept.
+  assert set(report_data.lump_small_groups(values[:40])) == {'FR'}  # Nothing small: kept.
