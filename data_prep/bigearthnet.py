@@ -343,12 +343,9 @@ def prepare(images: str, out: str, lists: str | None = None, metadata: str | Non
           'skip_bad': skip_bad, 'metadata': str(metadata) if metadata else None,
           'num_listed': split_report['listed'],
           **({'holdout': holdout['settings']} if holdout else {})}
-  if common.check_existing(out, name, prep, overwrite):
-    return {'status': 'already prepared', 'path': str(records.dataset_dir(out, name)),
-            'splits': records.load_info(out, name)['splits'], 'skipped': []}
-  if records.dataset_root(out, name).exists() and not overwrite:
-    raise common.PrepError(f'{records.dataset_root(out, name)} exists but is not a complete schema-'
-                           f'{records.SCHEMA_VERSION} dataset; pass --overwrite to replace it')
+  done = common.already_prepared(out, name, prep, overwrite)
+  if done is not None:
+    return done
 
   def item(n):
     lat, lon, country, season = table.get(n, (None, None, '', ''))

@@ -158,6 +158,23 @@ def check_existing(out: str | pathlib.Path, name: str, prep: Mapping[str, Any],
   return True
 
 
+def already_prepared(out: str | pathlib.Path, name: str, prep: Mapping[str, Any],
+                     overwrite: bool) -> dict[str, Any] | None:
+  """The CLIs' result for an intact dataset with these settings, else None (prepare it).
+
+  Raises:
+    PrepError: other settings, a damaged dataset (`check_existing`), or an output folder that
+      is not a complete dataset of this schema, unless overwrite.
+  """
+  if check_existing(out, name, prep, overwrite):
+    return {'status': 'already prepared', 'path': str(records.dataset_dir(out, name)),
+            'splits': records.load_info(out, name)['splits'], 'skipped': []}
+  if records.dataset_root(out, name).exists() and not overwrite:
+    raise PrepError(f'{records.dataset_root(out, name)} exists but is not a complete schema-'
+                    f'{records.SCHEMA_VERSION} dataset; pass --overwrite to replace it')
+  return None
+
+
 def run_and_report(run: Callable[[], dict], skip_bad: bool) -> int:
   """Runs a `prepare` call for a CLI: prints the result or the error; returns the exit code."""
   start = time.time()

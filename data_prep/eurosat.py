@@ -283,12 +283,9 @@ def prepare(images: str, out: str, coords: str | None = None, fmt: str = 'auto',
           'split': 'per class: first floor(0.8 n_c) file names in string order -> train',
           'holdout_box': holdout_box or '', 'holdout_countries': sorted(holdout_countries)}
   box = regions.parse_box(holdout_box)
-  if common.check_existing(out, name, prep, overwrite):
-    return {'status': 'already prepared', 'path': str(records.dataset_dir(out, name)),
-            'splits': records.load_info(out, name)['splits'], 'skipped': []}
-  if records.dataset_root(out, name).exists() and not overwrite:
-    raise common.PrepError(f'{records.dataset_root(out, name)} exists but is not a complete schema-'
-                           f'{records.SCHEMA_VERSION} dataset; pass --overwrite to replace it')
+  done = common.already_prepared(out, name, prep, overwrite)
+  if done is not None:
+    return done
 
   table = read_coords(coords) if fmt == 'rgb' else {}
   bad = common.BadFiles(skip=skip_bad)

@@ -213,7 +213,7 @@ def test_unlabeled_pool_without_true_labels_trains_identically():
   """`ulb_label` feeds only the pseudo-label diagnostics: without it the step runs and its
   losses and new params are the same bit for bit; only the pl_counts metrics are absent."""
   config = test_config.get_config('stssl_fixmatch')
-  config.warmup_steps, config.image_only_pl_every = 0, 1
+  config.warmup_steps, config.image_only_pl_every = 0, 0
   algo = algorithms.get(config.algorithm)
   model = models.build_model(config)
   params = jax.jit(lambda k: model.init(k, *models.init_inputs(config), train=False)['params'])(
