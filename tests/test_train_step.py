@@ -122,6 +122,7 @@ from tests.test_train_step import build, synthetic_batch
 assert len(jax.devices()) == 8, jax.devices()
 config = test_config.get_config(sys.argv[2])
 config.warmup_steps = 0
+config.model.depth = 1  # Sharding is what is tested: one block compiles twice as fast.
 # FreeMatch: leave the supervised warm-up after step 0 and move the statistics visibly.
 config.freematch.sup_warmup_steps, config.freematch.ema_p = 1, 0.9
 results = []

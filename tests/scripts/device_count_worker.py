@@ -25,18 +25,18 @@ config = test_config.get_config('stssl_fixmatch')
 config.data.data_dir = data_dir
 config.num_steps, config.checkpoint_every, config.eval_every, config.log_every = (
     num_steps, num_steps, num_steps, num_steps)
+# One encoder block and no teacher evaluation: less to compile in each of the four workers.
+config.model.depth, config.eval_teacher = 1, False
 if num_steps == 0:  # Restore only: build the state on this mesh and load the latest step.
   mesh = evaluate.make_mesh()
   from stssl_jax import algorithms  # pylint: disable=g-import-not-at-top
   from stssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from stssl_jax.models import stssl as models  # pylint: disable=g-import-not-at-top
   algo = algorithms.get(config.algorithm)
-  state, _, _ = train.create_state(config, models.build_model(config), algo,
-                                   jax.random.PRNGKey(0), mesh)
-  shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  abstract, _, _ = train.create_state(config, models.build_model(config), algo,
+                                      jax.random.PRNGKey(0), mesh, abstract=True)
   ckpt = checkpoint.Checkpointer(workdir)
-  state, _ = ckpt.restore(checkpoint.abstract_like(state, shardings),
-                          pipeline.train_iterator(config))
+  state, _ = ckpt.restore(abstract, pipeline.train_iterator(config))
 else:
   _, state = train.train_and_evaluate(config, workdir, return_state=True)
 devices = {len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(state.params)}

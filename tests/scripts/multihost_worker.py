@@ -30,6 +30,9 @@ config = test_config.get_config('stssl_fixmatch')
 config.data.data_dir = data_dir
 config.num_steps, config.checkpoint_every, config.eval_every, config.log_every = 3, 3, 3, 3
 config.warmup_steps = 0
+# One encoder block and no teacher evaluation: three processes compile on two cores, and
+# what is tested (collectives, sharded input, process-0 logging) does not need depth.
+config.model.depth, config.eval_teacher = 1, False
 result, state = train.train_and_evaluate(config, workdir, return_state=True)
 # This process's local copy of the (replicated) final params.
 flat = {jax.tree_util.keystr(p): np.asarray(v.addressable_data(0)) for p, v in
