@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -76,24 +77,25 @@ def run_copy(finished_run, tmp_path):
 
 def test_row4_changed_config_is_named_then_accepted_into_history(prepared, run_copy):
   before = _snapshot(run_copy)
+  lr = _config(prepared).lr
   # num_steps is on the allow-list (extending a run); lr is not.
-  with pytest.raises(workdir_lib.ConfigChanged, match=r'lr: 0\.001 -> 0\.002') as e:
-    train.train_and_evaluate(_config(prepared, lr=2e-3, num_steps=4), str(run_copy))
+  with pytest.raises(workdir_lib.ConfigChanged, match=re.escape(f'lr: {lr!r} -> {2 * lr!r}')) as e:
+    train.train_and_evaluate(_config(prepared, lr=2 * lr, num_steps=4), str(run_copy))
   assert 'num_steps' not in str(e.value) and '--allow_config_change' in str(e.value)
   assert _snapshot(run_copy) == before  # Nothing written.
 
-  final = train.train_and_evaluate(_config(prepared, lr=2e-3, num_steps=4), str(run_copy),
+  final = train.train_and_evaluate(_config(prepared, lr=2 * lr, num_steps=4), str(run_copy),
                                    allow_config_change=True)
   assert final['step'] == 4
   stored = json.loads((run_copy / 'config.json').read_text())
-  assert stored['lr'] == 2e-3 and stored['num_steps'] == 4
+  assert stored['lr'] == 2 * lr and stored['num_steps'] == 4
   rows = [json.loads(l) for l in (run_copy / 'config_history.jsonl').read_text().splitlines()]
   assert len(rows) == 1 and rows[0]['step'] == 2
   assert rows[0]['accepted'] == '--allow_config_change'
-  assert rows[0]['changes'] == {'lr': {'old': 1e-3, 'new': 2e-3},
-                                'num_steps': {'old': 2, 'new': 4}}
+  assert rows[0]['changes'] == {'lr': {'old': lr, 'new': 2 * lr},
+                                'num_steps': {'old': BASE['num_steps'], 'new': 4}}
   # The accepted config is now the workdir's own: the same command resumes without the flag.
-  again = train.train_and_evaluate(_config(prepared, lr=2e-3, num_steps=4), str(run_copy))
+  again = train.train_and_evaluate(_config(prepared, lr=2 * lr, num_steps=4), str(run_copy))
   assert again == final
 
 
@@ -187,16 +189,18 @@ def test_row9_unknown_config_fields_are_one_line_with_the_closest_names(tmp_path
 
 
 def test_row10_other_image_size_names_the_field_at_restore(prepared, run_copy):
-  with pytest.raises(workdir_lib.ConfigChanged, match=r'data\.image_size: 16 -> 32'):
-    train.train_and_evaluate(_config(prepared, **{'data.image_size': 32}), str(run_copy))
+  size = _config(prepared).data.image_size
+  change = f'data.image_size: {size} -> {2 * size}'
+  with pytest.raises(workdir_lib.ConfigChanged, match=re.escape(change)):
+    train.train_and_evaluate(_config(prepared, **{'data.image_size': 2 * size}), str(run_copy))
   with pytest.raises(checkpoint.RestoreMismatch) as e:
-    train.train_and_evaluate(_config(prepared, num_steps=4, **{'data.image_size': 32}),
+    train.train_and_evaluate(_config(prepared, num_steps=4, **{'data.image_size': 2 * size}),
                              str(run_copy), allow_config_change=True)
   msg = str(e.value)
-  assert 'config fields that differ' in msg and 'data.image_size: 16 -> 32' in msg
+  assert 'config fields that differ' in msg and change in msg
   assert 'checkpoint (' in msg and 'partial_restore' not in msg
   # The refused change was not recorded: the workdir still resumes with its own config.
-  assert json.loads((run_copy / 'config.json').read_text())['data']['image_size'] == 16
+  assert json.loads((run_copy / 'config.json').read_text())['data']['image_size'] == size
   assert not (run_copy / 'config_history.jsonl').exists()
 
 
