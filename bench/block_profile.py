@@ -1,18 +1,11 @@
-"""Where one encoder block's time goes on XLA:CPU: ablations and a per-thunk trace.
+"""Where one encoder block's time goes on XLA:CPU: its dots alone and a per-thunk trace.
 
-  python bench/block_profile.py ablate --variant=S/2 --rounds=5   # interleaved ablations
-  python bench/block_profile.py trace --variant=S/2 [--flags=...] [--code=gelu=erf,attn=bhqd]
-  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python bench/block_profile.py ablate   # with hugepages
+  python bench/block_profile.py trace --variant=S/2 [--flags=...]
+  python bench/cpu_flags.py --suite=block_profile:build_dots --only=base,ynn_off --rounds=4
 
-`ablate` times the block's forward+backward (grads of params and input, batch 16 at the
-train step's shapes) with pieces removed: GELU, softmax, LayerNorm, all three ('linear':
-only dots, residual adds and reshapes/transposes left), next to the same block's dots alone
-(every dot autodiff emits for the block's fwd+bwd, re-run one by one with the same operand
-shapes and dimension numbers). The drop of each ablation is an estimate of that piece's cost;
-'dots only' is a lower bound of the block with this dot backend. It uses the interleaved child
-processes of cpu_flags.py; `--flags` / `--code` apply to every child.
-
-Also here: `build_dots_each` (one entry per dot, for `cpu_flags.py --suite=
+`build_dots` re-runs every dot autodiff emits for the block's fwd+bwd (batch 16 at the train
+step's shapes) one by one with the same operand shapes and dimension numbers: a lower bound
+of the block with this dot backend. Also here: `build_dots_each` (one entry per dot, for `cpu_flags.py --suite=
 block_profile:build_dots_each`) and `build_torch_block[_sdpa]`, the same block in PyTorch
 (timm layout), used by cpu_flags.py's 'torch' / 'torch_sdpa' variants.
 
@@ -38,15 +31,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-ABLATIONS = {
-    'full': {},
-    'no_gelu': {'ablate': 'gelu'},
-    'no_softmax': {'ablate': 'softmax'},
-    'no_ln': {'ablate': 'ln'},
-    'linear': {'ablate': 'gelu,softmax,ln'},
-}
-
 
 def build_dots(opts):
   """{'fwdbwd': every dot of the block's fwd+bwd, each run alone with its operand shapes}.
@@ -85,7 +69,6 @@ def build_dots(opts):
     a = jnp.ones(shapes[ops.group(1)], jnp.float32)
     b = jnp.ones(shapes[ops.group(2)], jnp.float32)
     f = jax.jit(lambda a, b, dn=dn: jax.lax.dot_general(a, b, dn)).lower(a, b).compile()
-    op = re.search(r'op_name="[^"]*?/([^/"]+/[^/"]+)"', line)
     label = (f'{"x".join(map(str, a.shape))}.{"x".join(map(str, b.shape))} '
              f'c{dn[0][0]}{dn[0][1]}b{dn[1][0]}{dn[1][1]}'.replace(' ', '').replace('()', '-'))
     work.append((f, a, b, cpu_flags._flops(f), label))  # pylint: disable=protected-access
@@ -161,25 +144,6 @@ def build_torch_block_sdpa(opts):
   return build_torch_block(dict(opts, torch_attn='sdpa'))
 
 
-def ablate(args):
-  flags = args.flags.split() if args.flags else []
-  names = []
-  for name, code in ABLATIONS.items():
-    cpu_flags.VARIANTS[name] = dict(flags=flags, code=dict(args_code(args), **code))
-    names.append(name)
-  cpu_flags.VARIANTS['dots_only'] = dict(flags=flags, suite='block_profile:build_dots')
-  names.append('dots_only')
-  ns = argparse.Namespace(suite='block', only=','.join(names), variant=args.variant,
-                          config='', batch=args.batch, rounds=args.rounds, iters=args.iters,
-                          warm=1, peak_iters=2, max_alive=0, build_timeout=900,
-                          log_dir='/tmp/block_profile_logs', dump_dir='', json=args.json)
-  cpu_flags.parent(ns)
-
-
-def args_code(args):
-  return dict(kv.split('=') for kv in args.code.split(',')) if args.code else {}
-
-
 # ---------------------------------------------------------------------------------------
 # trace
 # ---------------------------------------------------------------------------------------
@@ -200,7 +164,6 @@ def _categorise(name, line):
 
 def trace_child(opts):
   """Runs in a child with XLA_FLAGS set: compile, warm, trace one call, summarise."""
-  cpu_flags._install_code(opts.get('code', {}))  # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
   work, _ = cpu_flags.build_block(dict(opts, dump=os.path.join(opts['dir'], 'block.hlo')))
   fn = work['fwdbwd'][0]
@@ -248,13 +211,12 @@ def trace_child(opts):
 
 
 def trace(args):
-  code = args_code(args)
   d = tempfile.mkdtemp(prefix='block_trace_')
-  opts = dict(variant=args.variant, batch=args.batch, code=code, dir=d, top=args.top)
+  opts = dict(variant=args.variant, batch=args.batch, dir=d, top=args.top)
   env = dict(os.environ)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true '
                       + args.flags).strip()
-  print(f'XLA_FLAGS={env["XLA_FLAGS"]} code={code} model={args.variant} batch={args.batch}')
+  print(f'XLA_FLAGS={env["XLA_FLAGS"]} model={args.variant} batch={args.batch}')
   subprocess.run([sys.executable, os.path.abspath(__file__), '--trace_child', json.dumps(opts)],
                  env=env, check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
 
@@ -265,17 +227,13 @@ def main():
     trace_child(json.loads(sys.argv[2]))
     return
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('mode', choices=['ablate', 'trace'])
+  ap.add_argument('mode', choices=['trace'])
   ap.add_argument('--variant', default='S/2')
   ap.add_argument('--batch', type=int, default=16)
   ap.add_argument('--flags', default='', help='Extra XLA_FLAGS for every child.')
-  ap.add_argument('--code', default='', help='Code options, e.g. gelu=erf,attn=bhqd.')
-  ap.add_argument('--rounds', type=int, default=5)
-  ap.add_argument('--iters', type=int, default=2)
   ap.add_argument('--top', type=int, default=25)
-  ap.add_argument('--json', default='')
   args = ap.parse_args()
-  (ablate if args.mode == 'ablate' else trace)(args)
+  trace(args)
 
 
 if __name__ == '__main__':

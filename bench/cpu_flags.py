@@ -1,7 +1,7 @@
 """XLA:CPU performance variants of the train step, measured interleaved on a shared machine.
 
-  python bench/cpu_flags.py --suite=step --only=base,thp,thp_erf_bhqd --rounds=3 --iters=2
-  python bench/cpu_flags.py --suite=block --only=base,thp,thp_erf_bhqd,torch_sdpa --rounds=5 --iters=2
+  python bench/cpu_flags.py --suite=step --only=base,thp,thp_2dev --rounds=3 --iters=2
+  python bench/cpu_flags.py --suite=block --only=base,thp,torch_sdpa --rounds=5 --iters=2
   python bench/cpu_flags.py --suite=block --only=base,ynn_off,xnn_dot,onednn_dot,nfe --rounds=4 --iters=2
   python bench/cpu_flags.py --suite=matmul --only=base,ynn_off,onednn_legacy --rounds=4 --iters=3
   python bench/cpu_flags.py --suite=block_profile:build_dots_each --only=base,ynn_off --rounds=4
@@ -19,11 +19,10 @@ float32 matmul under its own flags whenever asked, interleaved with the rest, an
 reported against the best matmul rate measured by any child in the run (the 'same-run jax
 float32 matmul rate'), next to the default-flags child's own rate.
 
-A variant is (XLA_FLAGS, extra env, model-code options). Model-code options swap
-`vit.Attention` / `vit.Mlp` for local re-implementations with the same param tree
-(see `LocalAttention`, `LocalMlp`); nothing under stssl_jax/ is edited. The child also checks
-each code variant against the current code on the block (max |diff| of output and grads in
-float32, printed as 'numerics').
+A variant is XLA_FLAGS, extra environment, a dtype or its own workload. The model-code
+variants of the first CPU study (local GELU, attention-layout and softmax rewrites) were
+removed once the winners landed in `models/vit.py`; their outcomes are in the README's
+performance section.
 
 Columns: `med s` median and `best s` minimum seconds per iteration over all rounds,
 `GFLOP/s` XLA cost-analysis FLOPs / best time, `x base` speed relative to the first variant
@@ -45,7 +44,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------------------
-# Variants: name -> dict(flags=[XLA flags], env={...}, code={...}).
+# Variants: name -> dict(flags=[XLA flags], env={...}, dtype=..., suite=...).
 # 'ynn' = YNNPACK (XNNPACK's successor) library fusions; in this jaxlib (0.10.2) they are on
 # by default for dots (and eltwise ops next to them). '=' with an empty list turns them off.
 # ----------------------------------------------------------------------------------------
@@ -58,8 +57,6 @@ YNN_DOT_ONLY = '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
 # ~20% of the block's CPU time). glibc >= 2.35 can madvise(MADV_HUGEPAGE) its mmapped chunks:
 # 2 MiB pages, ~100x fewer faults. Must be in the environment when the process starts.
 THP = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
-# Every model-code change tried together (same params; float32-rounding-level diffs).
-ALL_CODE = {'gelu': 'erf_vjp', 'attn': 'bhqd', 'softmax': 'recip'}
 # The legacy loop emitter splits elementwise fusions over the intra-op threads (the default
 # fusion emitters run most loop fusions on one thread), but its transposes are far slower.
 NFE = '--xla_cpu_use_fusion_emitters=false'
@@ -91,32 +88,11 @@ VARIANTS = {
     '2dev': dict(flags=[_DEV2]),  # block 1.08x, full step 0.56x (see report)
     # --- process environment (read by glibc at process start) ---
     'thp': dict(env=THP),  # block and step ~1.15-1.19x
-    # --- model code (same params; see LocalAttention / LocalMlp) ---
-    'gelu_erf': dict(code={'gelu': 'erf'}),
-    'gelu_tanh': dict(code={'gelu': 'tanh'}),  # approximate GELU: numerics change (reference)
-    'attn_bhqd': dict(code={'attn': 'bhqd'}),
-    'attn_dpa': dict(code={'attn': 'dpa'}),
-    'softmax_recip': dict(code={'softmax': 'recip'}),
+    # --- precision ---
     'bf16': dict(dtype='bfloat16'),  # separate question: numerics change
     # --- combinations on top of thp ---
-    'thp_erf': dict(env=THP, code={'gelu': 'erf'}),
-    'thp_erfvjp': dict(env=THP, code={'gelu': 'erf_vjp'}),
-    'thp_bhqd': dict(env=THP, code={'attn': 'bhqd'}),
-    'thp_recip': dict(env=THP, code={'softmax': 'recip'}),
-    'thp_erf_bhqd': dict(env=THP, code={'gelu': 'erf', 'attn': 'bhqd'}),  # the recommendation
-    'thp_erfvjp_bhqd': dict(env=THP, code={'gelu': 'erf_vjp', 'attn': 'bhqd'}),
-    'thp_erf_bhqd_recip': dict(env=THP, code={'gelu': 'erf', 'attn': 'bhqd', 'softmax': 'recip'}),
-    'thp_all': dict(env=THP, code=ALL_CODE),
-    'thp_erf_bhqd_fm': dict(env=THP, flags=['--xla_cpu_enable_fast_math=true'],
-                            code={'gelu': 'erf', 'attn': 'bhqd'}),
     'thp_dotonly': dict(env=THP, flags=[YNN_DOT_ONLY]),
-    'thp_dotonly_erf_bhqd': dict(env=THP, flags=[YNN_DOT_ONLY],
-                                 code={'gelu': 'erf', 'attn': 'bhqd'}),
-    'thp_ynnoff_erf_bhqd': dict(env=THP, flags=[YNN_OFF], code={'gelu': 'erf', 'attn': 'bhqd'}),
     'thp_2dev': dict(env=THP, flags=[_DEV2]),
-    'thp_2dev_erf_bhqd': dict(env=THP, flags=[_DEV2], code={'gelu': 'erf', 'attn': 'bhqd'}),
-    'thp_2dev_all': dict(env=THP, flags=[_DEV2], code=ALL_CODE),
-    'thp_4dev_all': dict(env=THP, flags=[_DEV4], code=ALL_CODE),
     'thp_bf16': dict(env=THP, dtype='bfloat16'),
     # --- the same block in PyTorch on this machine (block suite only; block_profile.py) ---
     'torch': dict(suite='block_profile:build_torch_block'),
@@ -126,111 +102,6 @@ VARIANTS = {
 # ----------------------------------------------------------------------------------------
 # Child side.
 # ----------------------------------------------------------------------------------------
-CODE = {'gelu': 'erfc', 'attn': 'cur', 'softmax': 'jax', 'ablate': ''}
-
-
-def _local_modules():
-  """Returns (LocalAttention, LocalMlp, local_layer_norm) honouring the global CODE options."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from stssl_jax.models import vit  # pylint: disable=g-import-not-at-top
-
-  ablate = CODE['ablate'].split(',')
-
-  def softmax(x):
-    if 'softmax' in ablate:
-      return x
-    if CODE['softmax'] == 'recip':
-      e = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
-      return e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
-    return jax.nn.softmax(x, axis=-1)
-
-  class LocalAttention(nn.Module):
-    """vit.Attention with a selectable layout (same params, same math)."""
-    heads: int
-    dtype: object = None
-
-    @nn.compact
-    def __call__(self, x):
-      b, l, d = x.shape
-      h, hd = self.heads, d // self.heads
-      qkv = vit.torch_dense(3 * d, d, self.dtype, 'qkv')(x).reshape(b, l, 3, h, hd)
-      scale = hd ** -0.5
-      if CODE['attn'] == 'cur':
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.asarray(scale, q.dtype)
-        w = softmax(logits)
-        out = jnp.einsum('bhqk,bkhd->bqhd', w, v).reshape(b, l, d)
-      elif CODE['attn'] == 'bhqd':
-        # One transpose of the fused qkv to [3, B, H, L, hd]; batched dots in bh-major layout.
-        qkv = qkv.transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        logits = jnp.einsum('bhqd,bhkd->bhqk', q, k) * jnp.asarray(scale, q.dtype)
-        w = softmax(logits)
-        out = jnp.einsum('bhqk,bhkd->bhqd', w, v).transpose(0, 2, 1, 3).reshape(b, l, d)
-      elif CODE['attn'] == 'dpa':
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, implementation='xla').reshape(b, l, d)
-      else:
-        raise ValueError(CODE['attn'])
-      return vit.torch_dense(d, d, self.dtype, 'proj')(out)
-
-  @jax.custom_vjp
-  def gelu_erf_vjp(x):
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
-
-  def gelu_fwd(x):
-    cdf = 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
-    return x * cdf, (x, cdf)
-
-  def gelu_bwd(res, g):
-    # d/dx x * Phi(x) = Phi(x) + x * phi(x): the saved cdf avoids a second erf.
-    x, cdf = res
-    pdf = jnp.exp(-0.5 * x * x) * jnp.asarray((2 * 3.141592653589793) ** -0.5, x.dtype)
-    return (g * (cdf + x * pdf),)
-
-  gelu_erf_vjp.defvjp(gelu_fwd, gelu_bwd)
-
-  class LocalMlp(nn.Module):
-    mlp_dim: int
-    dtype: object = None
-
-    @nn.compact
-    def __call__(self, x):
-      d = x.shape[-1]
-      h = vit.torch_dense(self.mlp_dim, d, self.dtype, 'fc1')(x)
-      if 'gelu' in ablate:
-        pass
-      elif CODE['gelu'] == 'erf':
-        # The PyTorch formula: 0.5 * x * (1 + erf(x / sqrt(2))). XLA's erf is a rational
-        # polynomial; erfc (what jax.nn.gelu(approximate=False) uses) needs exp and selects.
-        h = 0.5 * h * (1.0 + jax.lax.erf(h * jnp.asarray(2 ** -0.5, h.dtype)))
-      elif CODE['gelu'] == 'erf_vjp':
-        h = gelu_erf_vjp(h)
-      elif CODE['gelu'] == 'tanh':
-        h = nn.gelu(h, approximate=True)
-      else:
-        h = nn.gelu(h, approximate=False)
-      return vit.torch_dense(d, self.mlp_dim, self.dtype, 'fc2')(h)
-
-  orig_ln = vit.layer_norm
-
-  def local_layer_norm(dtype, name):
-    if 'ln' in ablate:
-      return lambda x: x
-    return orig_ln(dtype, name)
-
-  return LocalAttention, LocalMlp, local_layer_norm
-
-
-def _install_code(code):
-  CODE.update(code)
-  from stssl_jax.models import vit  # pylint: disable=g-import-not-at-top
-  att, mlp, ln = _local_modules()
-  vit.Attention, vit.Mlp, vit.layer_norm = att, mlp, ln
-
-
 def _load_config(spec, variant, dtype):
   import importlib.util  # pylint: disable=g-import-not-at-top
   path, _, arg = spec.partition(':')
@@ -362,36 +233,9 @@ def _builder(suite):
   return BUILDERS[suite]
 
 
-def _numerics(opts):
-  """Max |diff| (float32) of the local code variant vs the current code on one block."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from stssl_jax.models import vit  # pylint: disable=g-import-not-at-top
-  v = vit.get_variant(opts['variant'])
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, (32 // v['patch']) ** 2 + 2, v['width']))
-  saved = dict(CODE)
-  res = {}
-  for tag, code in (('ref', {'gelu': 'erfc', 'attn': 'cur', 'softmax': 'jax', 'ablate': ''}),
-                    ('var', saved)):
-    CODE.update(code)
-    blk = vit.EncoderBlock(v['heads'], v['mlp_dim'], 0.0, None)
-    p = blk.init(jax.random.PRNGKey(2), x)['params']
-    y, g = jax.jit(jax.value_and_grad(
-        lambda p, x: jnp.sum(jnp.sin(blk.apply({'params': p}, x))), argnums=(0, 1)))(p, x)
-    res[tag] = (y, g)
-  CODE.update(saved)
-  leaves = lambda t: jax.tree_util.tree_leaves(t)
-  gd = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves(res['ref'][1]),
-                                                          leaves(res['var'][1])))
-  gs = max(float(jnp.max(jnp.abs(a))) for a in leaves(res['ref'][1]))
-  return {'loss_diff': float(abs(res['ref'][0] - res['var'][0])),
-          'grad_maxdiff': gd, 'grad_maxabs': gs}
-
-
 def child(opts):
   """Builds the workload, reports READY, then serves 'run N' / 'peak N' / 'quit' on stdin."""
   t0 = time.perf_counter()
-  _install_code(opts.get('code', {}))
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   work, info = _builder(opts['suite'])(opts)
@@ -402,8 +246,6 @@ def child(opts):
   mm(a, a).block_until_ready()
   info.update(flops={k: f for k, (_, f) in work.items()}, devices=len(jax.devices()),
               build_s=time.perf_counter() - t0)
-  if opts.get('code'):
-    info['numerics'] = _numerics(opts)
   print('READY ' + json.dumps(info), flush=True)
   for line in sys.stdin:
     cmd, n = line.split()
@@ -445,7 +287,7 @@ class Child:
     flags = ' '.join(spec.get('flags', []))
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flags).strip()
     env.update(spec.get('env', {}))
-    o = dict(opts, code=spec.get('code', {}))
+    o = dict(opts)
     if spec.get('suite'):  # A variant may bring its own workload (same entry names).
       o['suite'] = spec['suite']
     if spec.get('dtype'):
@@ -532,8 +374,7 @@ def parent(args):
         infos[name] = c.info
         children.append(c)
         print(f'# ready: {name:22s} build {c.info["build_s"]:.0f}s  '
-              f'flags={" ".join(VARIANTS[name].get("flags", [])) or "-"} '
-              f'code={VARIANTS[name].get("code", {}) or "-"}', flush=True)
+              f'flags={" ".join(VARIANTS[name].get("flags", [])) or "-"}', flush=True)
       for r in range(args.rounds):
         order = children[r % len(children):] + children[:r % len(children)]
         for c in order:
@@ -576,9 +417,6 @@ def parent(args):
       print(f'{name:<22}{entry:<15}{fl / 1e9:>9.1f}{med:>9.3f}{best:>9.3f}{ach / 1e9:>9.1f}'
             f'{rel:>8.2f}{ach / best_peak:>7.2f}{cpu:>8.3f}{cpu_rel:>8.2f}{mmr / 1e9:>9.1f}')
     print()
-  for name in names:
-    if infos.get(name, {}).get('numerics'):
-      print(f'numerics {name}: {infos[name]["numerics"]}')
   if args.suite == 'step':
     for name in names:
       i = infos[name]

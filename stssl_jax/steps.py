@@ -8,7 +8,7 @@ Batch keys (STYLE habit 7), global shapes:
 
 Rows of the differentiated forwards: labeled `[x_l]` (or `[x_l; x_l,s]`), then the strong
 unlabeled views; the STSSL teacher sees them with metadata, the student without. The
-pseudo-labeller's weak forward (and CDMAD's blank image) runs outside the gradient.
+pseudo-labeller's weak forward (and any extra forward of the algorithm) runs outside the gradient.
 Eval batch keys: image [B, S, S, 3], label [B], meta [B, 4], mask [B] bool.
 """
 
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from stssl_jax import algorithms, metrics as metrics_lib, pl_quality
-from stssl_jax.algorithms import cdmad, common, stssl as stssl_wrapper
+from stssl_jax.algorithms import common, stssl as stssl_wrapper
 from stssl_jax.models.stssl import STSSLModel
 from stssl_jax.train_state import TrainState
 
@@ -35,20 +35,10 @@ def _forward(model, params, x, meta, rng, train, branch):
   return model.apply(variables, x, train=train, rngs=rngs)
 
 
-def blank_bias(model, params, like, rng, train, algo, config):
-  """CDMAD's bias b [1, C]: logits of an all-ones image (normalised space), no gradient.
-
-  Plain models use their own head. STSSL uses the teacher without its metadata token, read
-  from the aux head (`cdmad.bias_head = 'quirk'`, released) or the joint head.
-  """
-  white = jnp.ones((1,) + like.shape[1:], like.dtype)
-  if algo.uses_meta:
-    logits, feats = _forward(model, params, white, None, rng, train, 'teacher')
-    if algo.aux_head(config):
-      logits = feats['aux_logits']
-  else:
-    logits, _ = _forward(model, params, white, None, rng, train, 'plain')
-  return jax.lax.stop_gradient(logits)
+def image_forward(model, params, rng, train, branch):
+  """forward(x) -> (logits, feats) of `branch` on images alone (the teacher without its
+  metadata token): what an algorithm's extra forwards run (`common.BaseAlgorithm`)."""
+  return lambda x: _forward(model, params, x, None, rng, train, branch)
 
 
 def _pl_counts(targets, true_labels, config):
@@ -63,7 +53,7 @@ def _image_only_counts(state, params, x, n_lb, extras, true_labels, rng, train, 
 
   The student branch of the pseudo-labeller's params, on the weak unlabeled rows, through the same
   rule and algorithm state (the new state and the targets are thrown away). Extras that come
-  from other forwards (the teacher's weak labeled logits, CDMAD's bias) are the
+  from other forwards (the teacher's weak labeled logits, `extra_inputs`) are the
   pseudo-labeller's, so only the image model differs. No gradient; feeds nothing else.
   """
   def run(_):
@@ -108,14 +98,13 @@ def make_targets(state: TrainState, batch, rng, *, model, algo, config):
   if n_lb:
     x = jnp.concatenate([batch['lb_image'], x])
     meta = jnp.concatenate([batch['lb_meta'], meta])
-  k_weak, k_bias = rng, jax.random.fold_in(rng, 1)
+  k_weak, k_extra = rng, jax.random.fold_in(rng, 1)
   logits, _ = _forward(model, params, x, meta, k_weak, train, branch)
   logits = jax.lax.stop_gradient(logits)
-  extras = common.Extras(weak_lb=logits[:n_lb] if n_lb else None)
-  if algo.needs_bias(config):
-    # Current (online) params in training mode, as the original's get_bias.
-    extras = extras._replace(bias=blank_bias(model, state.params, x, k_bias, True, algo,
-                                             config))
+  # Extra forwards use the online params in training mode (CDMAD: as the original's get_bias).
+  extra = algo.extra_inputs(image_forward(model, state.params, k_extra, True, branch), x,
+                            config)
+  extras = common.Extras(weak_lb=logits[:n_lb] if n_lb else None, **extra)
   algo_state, targets, metrics = algo.base.make_targets(state.algo_state, logits[n_lb:], config,
                                                         state.step, extras)
   if 'ulb_label' not in batch:  # A truly unlabeled pool: no pseudo-label diagnostics.
@@ -219,16 +208,15 @@ def train_step(state: TrainState, batch, *, model, algo, config, tx):
 def eval_logits(params, batch, *, model, algo, config, branch, num_updates=None):
   """Logits [B, C] of `branch` on an eval batch, in eval mode (drop-path off).
 
-  CDMAD subtracts the blank-image bias of the same (EMA) params, computed in eval mode and
-  gated by the number of updates done (`cdmad.debias_eval`; METHOD 7.5). STSSL-CDMAD takes
-  the teacher-derived bias for every branch, as the original does for the student.
+  The algorithm's `eval_logits` hook may adjust them from extra forwards of the same params
+  in eval mode, through the pseudo-labeller's branch whichever branch is evaluated (CDMAD
+  subtracts its blank-image bias, gated by the updates done; METHOD 7.5: STSSL-CDMAD takes
+  the teacher-derived bias for the student too, as the original does).
   """
   logits, _ = _forward(model, params, batch['image'], batch['meta'], None, False, branch)
-  if algo.needs_bias(config):
-    bias = blank_bias(model, params, batch['image'], None, False, algo, config)
-    step = num_updates if num_updates is not None else jnp.iinfo(jnp.int32).max
-    logits = cdmad.debias_eval(logits, bias, config, step)
-  return logits
+  step = num_updates if num_updates is not None else jnp.iinfo(jnp.int32).max
+  return algo.eval_logits(logits, image_forward(model, params, None, False, algo.train_branch),
+                          batch['image'], config, step)
 
 
 def eval_stats(logits, batch):

@@ -315,9 +315,8 @@ def check_targets(model, state, batch, logits, out, algo, config, s):
     weak = logits['teacher/ulb_w']
   if 'weak_lb' in algo.needs(config):
     extras = extras._replace(weak_lb=logits['teacher/lb'])
-  if 'bias' in algo.needs(config):
-    bias = steps.blank_bias(model, state.params, batch['lb_image'], state.rng, True, algo, config)
-    extras = extras._replace(bias=bias)
+  forward = steps.image_forward(model, state.params, state.rng, True, algo.train_branch)
+  extras = extras._replace(**algo.extra_inputs(forward, batch['lb_image'], config))
   new_state, targets, metrics = base.make_targets(state.algo_state, weak, config, state.step,
                                                   extras)
   if 'probs_ulb_w' in out:

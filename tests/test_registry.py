@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import bigearthnet, default, eurosat
@@ -64,7 +66,21 @@ def test_hooks_are_resolved_once_and_checked():
   with pytest.raises(ValueError, match='cdmad.bias_head'):
     algorithms.get('stssl_cdmad').aux_head(c)
   assert algorithms.get('stssl_defixmatch').needs_lb_strong(c)
-  assert algorithms.get('cdmad').needs_bias(c) and not algorithms.get('fixmatch').needs_bias(c)
+
+  # Extra forwards: CDMAD reads its bias off a blank (all-ones) image, others run none.
+  seen = []
+  forward = lambda x: (seen.append(x.shape) or jnp.full((x.shape[0], 3), x.mean()), {})
+  like, z = jnp.zeros((5, 8, 8, 3)), jnp.arange(6.0).reshape(2, 3)
+  np.testing.assert_array_equal(algorithms.get('cdmad').extra_inputs(forward, like, c)['bias'],
+                                jnp.ones((1, 3)))
+  assert seen == [(1, 8, 8, 3)]
+  assert algorithms.get('fixmatch').extra_inputs(forward, like, c) == {}
+  assert algorithms.get('fixmatch').eval_logits(z, forward, like, c, 10) is z
+  assert len(seen) == 1
+  c.cdmad.debias_start = 4  # Gated by the index of the last update: num_updates - 1.
+  np.testing.assert_array_equal(algorithms.get('stssl_cdmad').eval_logits(z, forward, like, c, 4), z)
+  np.testing.assert_array_equal(algorithms.get('stssl_cdmad').eval_logits(z, forward, like, c, 5),
+                                z - 1.0)
 
   import types  # pylint: disable=g-import-not-at-top
   broken = types.ModuleType('broken_algo')

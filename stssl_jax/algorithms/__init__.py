@@ -73,16 +73,20 @@ class Algorithm(NamedTuple):
     return 0.0 if self.supervised else ssl
 
   def needs(self, config) -> set:
-    """Extra inputs of the base: 'weak_lb', 'bias', 'lb_strong' (`common.BaseAlgorithm`)."""
+    """Extra inputs of the base: 'weak_lb', 'lb_strong' (`common.BaseAlgorithm`)."""
     return set(self.hooks.needs(config))
 
   def needs_lb_strong(self, config) -> bool:
     """The batch carries strongly augmented labeled views (DeFixMatch)."""
     return 'lb_strong' in self.needs(config)
 
-  def needs_bias(self, config) -> bool:
-    """The step computes the blank-image bias (CDMAD)."""
-    return 'bias' in self.needs(config)
+  def extra_inputs(self, forward, like, config) -> dict:
+    """Extras fields from extra pseudo-labeller forwards (CDMAD's bias; `common.BaseAlgorithm`)."""
+    return dict(self.hooks.extra_inputs(forward, like, config))
+
+  def eval_logits(self, logits, forward, like, config, num_updates):
+    """The logits as evaluated (CDMAD debiases them; `common.BaseAlgorithm`)."""
+    return self.hooks.eval_logits(logits, forward, like, config, num_updates)
 
   def aux_head(self, config) -> bool:
     """The STSSL teacher backbone keeps its own head (STSSL-CDMAD's released bias)."""

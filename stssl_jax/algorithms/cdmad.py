@@ -2,10 +2,11 @@
 
 Protocol: `common.BaseAlgorithm`; the loss is FixMatch's with soft targets. From step
 `cdmad.debias_start` on, the bias b [1, C] is the pseudo-labeller's logits for an all-ones
-image (in normalised input space), computed by the train step without gradient and in
-training mode (`extras.bias`); before that b = 0. Targets are `prob(sg[z_w] - b)` and the
-fixed-threshold mask is applied to them. At evaluation the same b, from the EMA weights in
-eval mode, is subtracted from the evaluated logits (`debias_eval`).
+image (in normalised input space), computed without gradient and in training mode from the
+online params (`extra_inputs`, as the original's get_bias); before that b = 0. Targets are
+`prob(sg[z_w] - b)` and the fixed-threshold mask is applied to them. At evaluation the same b,
+from the EMA weights in eval mode, is subtracted from the evaluated logits (`eval_logits`).
+The train and eval steps call these two hooks without knowing what they compute.
 
 STSSL: b is the teacher's output on the blank image without its metadata token, read from
 the teacher backbone's untrained aux head (`cdmad.bias_head = 'quirk'`, released) or from
@@ -23,9 +24,26 @@ init_state = fixmatch.init_state
 BIAS_HEADS = ('quirk', 'joint_head')
 
 
-def needs(config):
+def blank_bias(forward, like):
+  """b [1, C]: the logits of an all-ones image shaped like `like` [B, H, W, C], no gradient.
+
+  `forward(x) -> (logits, feats)` runs the pseudo-labeller's branch on images alone (the STSSL
+  teacher without its metadata token). With the aux head (`bias_head = 'quirk'`) b is read
+  from it, else from the branch's own (joint) head.
+  """
+  logits, feats = forward(jnp.ones((1,) + like.shape[1:], like.dtype))
+  return jax.lax.stop_gradient(feats.get('aux_logits', logits))
+
+
+def extra_inputs(forward, like, config):
+  """`common.Extras` fields for `make_targets`: {'bias': b [1, C]} (`blank_bias`)."""
   del config
-  return {'bias'}
+  return {'bias': blank_bias(forward, like)}
+
+
+def eval_logits(logits, forward, like, config, num_updates):
+  """Evaluated logits [B, C] debiased by b of the evaluated params (`debias_eval`)."""
+  return debias_eval(logits, blank_bias(forward, like), config, num_updates)
 
 
 def aux_head(config):

@@ -28,8 +28,8 @@ class BaseAlgorithm(Protocol):
   make_targets(state, weak_logits, config, step, extras=None)
                                          -> (State, Targets, metrics); from the detached
                                          weak unlabeled logits [B_u, C] of the pseudo-
-                                         labeller and `Extras` (weak labeled logits,
-                                         blank-image bias) when `needs` asks for them.
+                                         labeller and `Extras` (weak labeled logits when
+                                         `needs` asks for them, `extra_inputs`' fields).
                                          Not needed when USES_UNLABELED is False.
   loss_terms(lb_logits, labels, strong_logits, targets, state, config, step)
                                          -> (scalar loss, {name: scalar}). lb_logits holds
@@ -38,7 +38,16 @@ class BaseAlgorithm(Protocol):
   Optional (resolved once by `hooks`):
   USES_UNLABELED = False                 supervised only.
   LAMBDA_U = 0.5                         released weight of the unlabeled term (default 1).
-  needs(config) -> set of 'weak_lb' | 'bias' | 'lb_strong' (default: none).
+  needs(config) -> set of 'weak_lb' | 'lb_strong' (default: none).
+  extra_inputs(forward, like, config) -> {Extras field: [1, C] array}, from extra detached
+                                         forwards of the pseudo-labeller; `forward(x) ->
+                                         (logits, feats)` runs its branch on images x alone,
+                                         `like` [B, H, W, C] is the weak batch (CDMAD's
+                                         blank-image bias). Default: {}.
+  eval_logits(logits, forward, like, config, num_updates) -> logits [B, C] as evaluated,
+                                         from the raw eval logits; `forward` as above with
+                                         the evaluated params in eval mode (CDMAD's
+                                         debiasing). Default: unchanged.
   aux_head(config) -> bool               STSSL teacher needs its backbone's own head (CDMAD).
   student_targets(state, targets, lb_logits, strong_logits, config, step)
                                          -> (State, Targets) for the STSSL student, from its
@@ -61,6 +70,8 @@ class Hooks(NamedTuple):
   lambda_u: float
   needs: Callable
   aux_head: Callable
+  extra_inputs: Callable
+  eval_logits: Callable
   student_targets: Optional[Callable]
   distill_gate: Optional[Callable]
 
@@ -81,6 +92,9 @@ def hooks(base: types.ModuleType) -> Hooks:
                lambda_u=float(getattr(base, 'LAMBDA_U', 1.0)),
                needs=getattr(base, 'needs', lambda config: set()),
                aux_head=getattr(base, 'aux_head', lambda config: False),
+               extra_inputs=getattr(base, 'extra_inputs', lambda forward, like, config: {}),
+               eval_logits=getattr(base, 'eval_logits',
+                                   lambda logits, forward, like, config, num_updates: logits),
                student_targets=getattr(base, 'student_targets', None),
                distill_gate=getattr(base, 'distill_gate', None))
 
@@ -103,7 +117,7 @@ class Extras(NamedTuple):
 
   weak_lb: [B_l, C] the pseudo-labeller's logits on the weak labeled view (algorithms that
     declare 'weak_lb' in `needs(config)`: SoftMatch/UDAL p_target, DeFixMatch anti-labels).
-  bias: [1, C] logits of the blank (all-ones) image (algorithms that declare 'bias': CDMAD).
+  bias: [1, C] logits of the blank (all-ones) image (CDMAD's `extra_inputs`).
   """
   weak_lb: Optional[jax.Array] = None
   bias: Optional[jax.Array] = None
